@@ -1,0 +1,5 @@
+"""``python -m fe_train ...`` is ``fe-train ...`` (for torchrun and the deepspeed launcher's --module)."""
+
+from fe_train.cli import main
+
+main()

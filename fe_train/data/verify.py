@@ -1,0 +1,54 @@
+"""Reading every sample of a shard directory back through the training pipeline's decoders."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fe_train.data import audio
+from fe_train.data.pipeline import iter_shard, resolve_shards
+from fe_train.data.schema import INDEX_NAME, Meta, SampleError, decode_units
+from fe_train.data.writer import ShardIndex
+
+
+@dataclass
+class ShardReport:
+    name: str
+    expected: int
+    found: int = 0
+    problems: Counter = field(default_factory=Counter)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.found == self.expected
+
+
+def verify(directory: str | Path, sample_rate_hz: int = 16000) -> list[ShardReport]:
+    directory = Path(directory)
+    indexed = {}
+    if (directory / INDEX_NAME).is_file():
+        indexed = {r.name: r.count for r in ShardIndex.read(directory / INDEX_NAME).shards}
+    reports = []
+    for shard in resolve_shards(str(directory), "shard directory"):
+        name = Path(shard.url).name
+        report = ShardReport(name, indexed.get(name, -1))
+        if name not in indexed:
+            report.problems["not_in_index"] += 1
+        for _, raw in iter_shard(shard.url):
+            report.found += 1
+            try:
+                if "json" not in raw or "flac" not in raw:
+                    raise SampleError("missing_member:" + ("json" if "json" not in raw else "flac"))
+                meta = Meta.from_json(raw["json"])
+                if meta.key != raw["__key__"]:
+                    raise SampleError("key_mismatch")
+                audio.decode(raw["flac"], sample_rate_hz)
+                if "units.npy" in raw:
+                    decode_units(raw["units.npy"])
+            except SampleError as exc:
+                report.problems[exc.reason] += 1
+        if report.expected >= 0 and report.found != report.expected:
+            report.problems["count_mismatch"] += 1
+        reports.append(report)
+    return reports

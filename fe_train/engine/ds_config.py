@@ -1,0 +1,87 @@
+"""DeepSpeed config resolution: memory policy from ``ds_configs/*.json``, numbers from the run config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fe_train.config import Config
+from fe_train.errors import UserError
+
+INJECTED = (
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "gradient_clipping",
+    "optimizer",
+    "scheduler",
+    "bf16",
+    "fp16",
+)
+"""Keys the run config owns; a ds_config JSON that sets one is rejected (no second source of truth)."""
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def read_policy(path: str) -> dict[str, Any]:
+    """Load a ds_config JSON and check that it holds engine and memory policy only.
+
+    A relative path is looked up in the working directory, then in the project checkout.
+    """
+    file = Path(path)
+    if not file.is_file() and not file.is_absolute() and (PROJECT_ROOT / file).is_file():
+        file = PROJECT_ROOT / file
+    if not file.is_file():
+        raise UserError(f"config engine.ds_config = {path!r}: no such file (expected a JSON under ds_configs/)")
+    try:
+        policy = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(policy, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    repeated = [key for key in INJECTED if key in policy]
+    if repeated:
+        raise UserError(f"{path}: sets {repeated}, which come from the run config (train.*); remove them from the JSON")
+    if "zero_optimization" not in policy or "stage" not in policy["zero_optimization"]:
+        raise UserError(f"{path}: expected zero_optimization.stage")
+    return policy
+
+
+def gradient_accumulation(cfg: Config, world_size: int) -> int:
+    per_step = cfg.train.micro_batch_size * world_size
+    if cfg.train.global_batch_size % per_step:
+        raise UserError(
+            f"config train.global_batch_size = {cfg.train.global_batch_size} is not a multiple of "
+            f"train.micro_batch_size ({cfg.train.micro_batch_size}) x world size ({world_size})"
+        )
+    return cfg.train.global_batch_size // per_step
+
+
+def resolve(cfg: Config, world_size: int) -> dict[str, Any]:
+    """The full DeepSpeed config for this run."""
+    ds = read_policy(cfg.engine.ds_config)
+    ds.update(
+        train_batch_size=cfg.train.global_batch_size,
+        train_micro_batch_size_per_gpu=cfg.train.micro_batch_size,
+        gradient_accumulation_steps=gradient_accumulation(cfg, world_size),
+        gradient_clipping=cfg.train.grad_clip,
+        bf16={"enabled": cfg.train.precision == "bf16"},
+        steps_per_print=2**31 - 1,
+    )
+    if optimizer_impl(cfg, ds) == "torch":
+        # NOTE(deepspeed): with an offloaded optimizer DeepSpeed insists on DeepSpeedCPUAdam unless told
+        # otherwise; a torch AdamW is the right choice on CPU-only machines (no 70 s JIT build).
+        ds["zero_force_ds_cpu_optimizer"] = False
+    return ds
+
+
+def optimizer_impl(cfg: Config, ds: dict[str, Any]) -> str:
+    """torch or deepspeed_cpu: ``auto`` takes DeepSpeedCPUAdam only for an offloaded optimizer on a GPU machine."""
+    if cfg.engine.optimizer != "auto":
+        return cfg.engine.optimizer
+    import torch
+
+    device = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    return "deepspeed_cpu" if device not in (None, "none") and torch.cuda.is_available() else "torch"

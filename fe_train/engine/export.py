@@ -1,0 +1,40 @@
+"""Exporting trained modules from a (ZeRO-3 partitioned) engine to safetensors, and loading them back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import deepspeed
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fe_train.errors import UserError
+
+
+def export_modules(model: nn.Module, names: tuple[str, ...], out_dir: str | Path, is_main: bool) -> list[Path]:
+    """Collective: gather each named submodule's full weights and write ``<name>.safetensors`` (fp32)."""
+    out = Path(out_dir)
+    written = []
+    for name in names:
+        module = getattr(model, name)
+        params = list(module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            if is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                tensors = {key: value.detach().float().cpu().contiguous() for key, value in module.state_dict().items()}
+                path = out / f"{name}.safetensors"
+                tmp = path.with_name(path.name + ".tmp")
+                save_file(tensors, str(tmp), metadata={"module": name, "format": "pt"})
+                tmp.replace(path)
+                written.append(path)
+    return written
+
+
+def load_module(module: nn.Module, path: str, key: str) -> None:
+    """Load an export into a module that is not yet partitioned (before the engine is built)."""
+    if not Path(path).is_file():
+        raise UserError(f"config {key} = {path!r}: no such file (expected an export such as adapter.safetensors)")
+    state = load_file(path)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path}: does not fit the configured module (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -1,0 +1,209 @@
+"""The training loop: epochs of planned micro-batches through a DeepSpeed engine.
+
+Resuming restores the engine (trainable weights, optimizer, scheduler), the RNG
+and the data position: with the same geometry each rank continues at the next
+micro-batch of its plan; with another geometry the samples consumed so far in the
+epoch are removed from it and the rest is planned anew (see ``fe_train.data.plan``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from fe_train.checkpoint.store import CheckpointStore, TrainerState
+from fe_train.config import Config
+from fe_train.data.pipeline import ShardStream, build_loader
+from fe_train.data.plan import EpochPlan, Geometry, Span
+from fe_train.engine.build import all_reduce_sum, barrier
+from fe_train.errors import UserError
+from fe_train.tracking.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+SUMMED = ("loss_sum", "n_tokens", "n_correct", "samples")
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class Meter:
+    """Sums of a stage's outputs between two log points, reduced over ranks on read."""
+
+    def __init__(self):
+        self.sums = torch.zeros(len(SUMMED), dtype=torch.float64)
+        self.skipped: Counter[str] = Counter()
+        self.started = time.perf_counter()
+
+    def add(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+        n_tokens = float(out["n_tokens"])
+        self.sums += torch.tensor(
+            [float(out["loss"].detach()) * n_tokens, n_tokens, float(out["n_correct"]), float(batch["weight"].sum())],
+            dtype=torch.float64,
+        )
+        self.skipped.update(batch.get("skipped", {}))
+
+    def reduce(self, device: torch.device, prefix: str) -> dict[str, float]:
+        sums = all_reduce_sum(self.sums.to(device)).cpu()
+        loss_sum, n_tokens, n_correct, samples = sums.tolist()
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        metrics = {
+            f"{prefix}/loss": loss_sum / max(n_tokens, 1.0),
+            f"{prefix}/token_acc": n_correct / max(n_tokens, 1.0),
+            f"{prefix}/samples": samples,
+            f"{prefix}/samples_per_s": samples / elapsed,
+        }
+        self.__init__()
+        return metrics
+
+
+class StopRequest:
+    """Set by a checkpoint signal (e.g. SLURM's ``--signal=USR1@120``); ranks agree on it at each step."""
+
+    def __init__(self, names: list[str]):
+        self.flag = False
+        for name in names:
+            signal.signal(getattr(signal, name), self._set)
+
+    def _set(self, signum, frame) -> None:
+        self.flag = True
+
+    def agreed(self, device: torch.device) -> bool:
+        """True on every rank once any rank was signalled (one scalar all-reduce)."""
+        return bool(all_reduce_sum(torch.tensor([float(self.flag)], device=device)).item())
+
+
+class Trainer:
+    def __init__(self, engine, stream: ShardStream, eval_stream: ShardStream | None, cfg: Config, launch, device,
+                 tracker: Tracker, store: CheckpointStore, state: TrainerState, shards_digest: str):
+        self.engine, self.stream, self.eval_stream = engine, stream, eval_stream
+        self.cfg, self.launch, self.device = cfg, launch, device
+        self.tracker, self.store, self.state = tracker, store, state
+        self.state.shards_digest = shards_digest
+        self.skipped: Counter[str] = Counter()
+        self.stop = StopRequest(cfg.run.checkpoint_signals)
+
+    def total_steps(self) -> int:
+        return total_steps(self.cfg, self.stream.plan.batches_per_rank, self.engine.gradient_accumulation_steps())
+
+    def fit(self) -> TrainerState:
+        cfg, state = self.cfg, self.state
+        total = self.total_steps()
+        if state.step == 0:
+            self.evaluate()
+        self.tracker.start_bar(total, state.step, cfg.run.progress_bar)
+        meter = Meter()
+        while state.epoch < cfg.train.epochs and state.step < total and not state.preempted:
+            plan = self._plan_epoch()
+            for batch in build_loader(self.stream, pin_memory=self.device.type == "cuda"):
+                out = self.engine(to_device(batch, self.device))
+                self.engine.backward(out["loss"])
+                boundary = self.engine.is_gradient_accumulation_boundary()
+                self.engine.step()
+                state.micro_in_epoch += 1
+                meter.add(out, batch)
+                if boundary and self._after_step(meter, total):
+                    break
+            if state.micro_in_epoch >= plan.batches_per_rank:
+                state.epoch, state.micro_in_epoch, state.consumed = state.epoch + 1, 0, []
+        if state.preempted:
+            log.warning("checkpoint signal: saved at step %d, stopping (continue with --resume)", state.step)
+        else:
+            self.evaluate()
+        self.save()
+        self.tracker.close()
+        return state
+
+    def _after_step(self, meter: Meter, total: int) -> bool:
+        """Log, evaluate and save on schedule; True when training must stop now."""
+        cfg, state = self.cfg, self.state
+        state.step += 1
+        self.tracker.advance()
+        if state.step % cfg.train.log_every == 0 or state.step == total:
+            self._log(meter)
+        if state.step >= total:
+            return True
+        if cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
+            self.evaluate()
+        if cfg.train.save_every and state.step % cfg.train.save_every == 0:
+            self.save()
+        state.preempted = self.stop.agreed(self.device)
+        return state.preempted
+
+    def _plan_epoch(self) -> EpochPlan:
+        """Plan the current epoch, continuing where the state says it stopped."""
+        state = self.state
+        geometry = asdict(self.stream.geometry)
+        consumed = [Span(*span) for span in state.consumed]
+        skip = state.micro_in_epoch
+        if state.micro_in_epoch and state.geometry and state.geometry != geometry:
+            old = EpochPlan(self.stream.shards, state.epoch, self.stream.seed, self.stream.shuffle,
+                            Geometry(**state.geometry), consumed)
+            consumed = old.consumed_after(state.micro_in_epoch)
+            state.consumed = [[s.shard, s.start, s.stop] for s in consumed]
+            state.micro_in_epoch = skip = 0
+            log.info("resuming epoch %d with geometry %s (was %s): %d samples already consumed are left out",
+                     state.epoch, geometry, state.geometry, sum(len(s) for s in consumed))
+        state.geometry = geometry
+        return self.stream.set_epoch(state.epoch, skip_batches=skip, consumed=consumed)
+
+    def _log(self, meter: Meter) -> None:
+        skipped = dict(meter.skipped)
+        metrics = meter.reduce(self.device, "train")
+        self.state.samples += int(metrics["train/samples"])
+        metrics["train/lr"] = self.engine.get_lr()[0]
+        metrics["train/epoch"] = self.state.epoch
+        self._check_skips(skipped)
+        metrics.update({f"data/skipped/{k}": v for k, v in self.skipped.items()})
+        self.tracker.log(self.state.step, metrics)
+
+    def _check_skips(self, skipped: dict[str, int]) -> None:
+        gathered: list[dict[str, int]] = [skipped]
+        if torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, skipped)
+        for part in gathered:
+            self.skipped.update(part)
+        total_skipped = sum(self.skipped.values())
+        fraction = total_skipped / max(self.state.samples + total_skipped, 1)
+        if fraction > self.cfg.data.max_skip_fraction:
+            raise UserError(
+                f"{total_skipped} samples skipped ({fraction:.1%} > data.max_skip_fraction "
+                f"{self.cfg.data.max_skip_fraction}) in {self.cfg.data.train_shards}: {dict(self.skipped)}"
+            )
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_stream is None:
+            return {}
+        self.engine.eval()
+        meter = Meter()
+        self.eval_stream.set_epoch(0)
+        for batch in build_loader(self.eval_stream):
+            meter.add(self.engine(to_device(batch, self.device)), batch)
+        metrics = meter.reduce(self.device, "eval")
+        metrics.pop("eval/samples_per_s")
+        self.engine.train()
+        self.tracker.log(self.state.step, metrics)
+        return metrics
+
+    def save(self) -> None:
+        self.state.wandb_id = self.tracker.wandb_id
+        self.store.save(self.engine, self.state, self.cfg, barrier)
+
+
+def total_steps(cfg: Config, batches_per_epoch: int, accumulation: int) -> int:
+    steps = cfg.train.epochs * batches_per_epoch // accumulation
+    if steps < 1:
+        raise UserError(
+            f"{batches_per_epoch} micro-batches per rank per epoch make no optimizer step with "
+            f"{accumulation} accumulation steps (train.global_batch_size too large for the data)"
+        )
+    return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps

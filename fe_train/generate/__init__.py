@@ -1,0 +1,1 @@
+"""Targets from the frozen LLM: its replies to text instructions."""

@@ -1,0 +1,25 @@
+"""Registries of interchangeable components, keyed by the short names configs use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fe_train.errors import UserError
+from fe_train.model.adapter import StackFFNAdapter
+from fe_train.model.speech_encoder import WhisperSpeechEncoder
+
+ENCODERS: dict[str, Callable] = {"whisper": WhisperSpeechEncoder.from_pretrained}
+"""name -> (path, dtype) -> speech encoder with ``n_mels``, ``n_frames``, ``hidden_size``."""
+
+ADAPTERS: dict[str, Callable] = {
+    "stack_ffn": lambda encoder_dim, llm_dim, cfg: StackFFNAdapter(
+        encoder_dim, llm_dim, cfg.adapter_stack_frames, cfg.adapter_hidden_dim
+    ),
+}
+"""name -> (encoder_dim, llm_dim, ModelConfig) -> adapter module."""
+
+
+def lookup(registry: dict[str, Callable], name: str, key: str) -> Callable:
+    if name not in registry:
+        raise UserError(f"config {key} = {name!r}: expected one of {sorted(registry)}")
+    return registry[name]

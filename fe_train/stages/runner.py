@@ -1,0 +1,118 @@
+"""What every stage shares: start-up, data streams, engine, resume, training, export.
+
+A recipe (``fe_train.stages.<name>``) says which modules exist, which of them
+train, and how a shard sample becomes an example; ``run`` does the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from fe_train.checkpoint.store import CheckpointStore, TrainerState
+from fe_train.config import Config
+from fe_train.data.collate import Collate
+from fe_train.data.pipeline import Example, RawSample, ShardStream, resolve_shards
+from fe_train.data.plan import EpochPlan, Geometry, Shard
+from fe_train.engine import ds_config
+from fe_train.engine.build import PartitionedBuild, build_engine, compute_dtype, init_distributed, shutdown
+from fe_train.engine.export import export_modules
+from fe_train.engine.loop import Trainer, total_steps
+from fe_train.errors import UserError
+from fe_train.launch.env import LaunchEnv
+from fe_train.model.freezing import set_trainable
+from fe_train.tracking.plot import plot_losses
+from fe_train.tracking.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+class Recipe(Protocol):
+    name: str
+    trains: tuple[str, ...]
+
+    def build_model(self, cfg: Config, dtype: torch.dtype, partitioned: Callable) -> tuple[nn.Module, object]:
+        """The model and the LLM tokenizer; large frozen parts are loaded inside ``with partitioned():``."""
+
+    def example_builder(self, cfg: Config, model: nn.Module, tokenizer) -> Callable[[RawSample], Example]:
+        """Turns one raw shard sample into an example (raises ``SampleError`` to skip it)."""
+
+
+@dataclass
+class Outcome:
+    state: TrainerState
+    output_dir: Path
+    checkpoint: Path
+    exports: list[Path]
+
+
+def shards_digest(shards: list[Shard]) -> str:
+    text = "\n".join(f"{Path(s.url).name}\t{s.count}" for s in shards)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, inspect: Callable | None = None) -> Outcome:
+    """Train ``recipe``; ``inspect(engine)`` runs on every rank after training, before export (tests, benchmarks)."""
+    out = Path(cfg.run.output_dir)
+    store = CheckpointStore(out, launch.rank, cfg.train.keep_last)
+    tag = store.latest_tag()
+    if tag and not resume:
+        raise UserError(f"{out} already holds checkpoint {tag}: pass --resume to continue it, or set run.output_dir")
+    shards = resolve_shards(cfg.data.train_shards)
+    eval_shards = resolve_shards(cfg.data.eval_shards, "data.eval_shards") if cfg.data.eval_shards else None
+    device = init_distributed(launch, cfg)
+    try:
+        outcome = _train(recipe, cfg, launch, device, store, tag if resume else None, shards, eval_shards, inspect)
+    except BaseException:
+        shutdown(synchronize=False)
+        raise
+    shutdown()
+    return outcome
+
+
+def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, inspect) -> Outcome:
+    ds = ds_config.resolve(cfg, launch.world_size)
+    torch.manual_seed(cfg.train.seed)  # identical trainable init on every rank and world size
+    model, tokenizer = recipe.build_model(cfg, compute_dtype(cfg), lambda: PartitionedBuild(ds))
+    counts = set_trainable(model, recipe.trains)
+    log.info("stage %s: %s; training %s", recipe.name, counts.describe(), ", ".join(recipe.trains))
+
+    build = recipe.example_builder(cfg, model, tokenizer)
+    collate = Collate(tokenizer.pad_token_id)
+    geometry = Geometry(launch.world_size, cfg.data.num_workers, cfg.train.micro_batch_size)
+    stream = ShardStream(shards, launch.rank, geometry, cfg.train.seed, cfg.data.shuffle, build, collate)
+    eval_stream = None
+    if eval_shards is not None:
+        eval_stream = ShardStream(eval_shards, launch.rank, geometry, cfg.train.seed, False, build, collate)
+
+    accumulation = ds_config.gradient_accumulation(cfg, launch.world_size)
+    steps = total_steps(cfg, EpochPlan(shards, 0, cfg.train.seed, cfg.data.shuffle, geometry).batches_per_rank, accumulation)
+    engine = build_engine(model, ds, cfg, steps)
+
+    state = TrainerState()
+    digest = shards_digest(shards)
+    if tag:
+        state = store.load(engine, tag)
+        state.preempted = False
+        if state.shards_digest != digest:
+            raise UserError(f"data.train_shards changed since checkpoint {tag}: resume needs the same shards")
+        log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", tag, state.step, state.epoch, state.micro_in_epoch)
+    out = Path(cfg.run.output_dir)
+    if launch.is_main:
+        cfg.save(out / "config.yaml")
+    tracker = Tracker(cfg, out, launch.is_main, wandb_id=state.wandb_id)
+    trainer = Trainer(engine, stream, eval_stream, cfg, launch, device, tracker, store, state, digest)
+    state = trainer.fit()
+    if inspect is not None:
+        inspect(engine)
+    exports = [] if state.preempted else export_modules(engine.module, recipe.trains, out / "export", launch.is_main)
+    if launch.is_main:
+        plot_losses(out / "metrics.jsonl", out / "loss.png")
+    return Outcome(state, out, store.root / (store.latest_tag() or ""), exports)

@@ -1,0 +1,79 @@
+"""Metrics out of a run: console, ``metrics.jsonl``, wandb (rank 0 only), a tqdm bar."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fe_train.config import Config
+
+log = logging.getLogger("fe_train")
+
+
+class Tracker:
+    """Writes metrics on the main rank; every other rank's tracker does nothing."""
+
+    def __init__(self, cfg: Config, output_dir: Path, is_main: bool, wandb_id: str = ""):
+        self.is_main = is_main
+        self.path = output_dir / "metrics.jsonl"
+        self.wandb_id = wandb_id or uuid.uuid4().hex[:12]
+        self.run = None
+        self.bar = None
+        if not is_main:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.run.wandb_mode != "disabled":
+            import wandb
+
+            self.run = wandb.init(
+                project=cfg.run.wandb_project,
+                name=cfg.run.name or output_dir.name,
+                id=self.wandb_id,
+                resume="allow",
+                mode=cfg.run.wandb_mode,
+                dir=str(output_dir),
+                config=cfg.to_dict(),
+                settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+            )
+
+    def start_bar(self, total: int, initial: int, enabled: bool) -> None:
+        if self.is_main and enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = {"step": step, "time": round(time.time(), 3), **metrics}
+        with open(self.path, "a") as stream:
+            stream.write(json.dumps(record) + "\n")
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+        if self.bar is not None and "train/loss" in metrics:
+            self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", sps=f"{metrics.get('train/samples_per_s', 0):.1f}")
+        elif self.bar is None:
+            shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+            log.info("step %d %s", step, shown)
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.run is not None:
+            self.run.finish()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny world (models + shards) built once per session, and launchers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dist_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_STEP_ID"):
+        env.pop(key, None)
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def torchrun(args: list[str], nproc: int = 2, timeout: int = 600, **popen) -> subprocess.CompletedProcess:
+    """Run ``python -m torch.distributed.run --nproc_per_node nproc <args>`` and capture its output."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()), *args]
+    return subprocess.run(cmd, env=dist_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO, **popen)
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory):
+    """Tiny frozen LLM + Whisper and spoken-instruction shards (about 40 s to build)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed (tests/sysdeps.sh installs it)")
+    from fe_train.fixtures.assets import build_assets
+
+    return build_assets(tmp_path_factory.mktemp("assets"))
+
+
+def stage1_overrides(assets, out_dir: Path, **extra) -> list[str]:
+    values = {
+        "model.encoder_path": assets.whisper, "model.llm_path": assets.llm,
+        "data.train_shards": assets.train_shards, "data.eval_shards": assets.heldout_shards,
+        "run.output_dir": out_dir, "run.progress_bar": "false", "run.wandb_mode": "disabled",
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
