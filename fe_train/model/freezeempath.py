@@ -35,7 +35,7 @@ class FreezeEmpath(nn.Module):
         super().train(mode)
         if self.encoder is not None:
             self.encoder.eval()
-        self.llm.train(mode and getattr(self.llm, "is_gradient_checkpointing", False))
+        self.llm.train(mode and getattr(self.llm, "is_activation_checkpointing", False))
         return self
 
     def embed(self, batch: dict) -> torch.Tensor:

@@ -1,0 +1,48 @@
+"""Bad input ends with one clear line naming the file, key or value, and a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, dist_env, stage1_overrides
+
+
+def fe_train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fe_train", *args], env=dist_env(), capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+
+
+def last_line(proc) -> str:
+    return proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.llm_path=/no/such/llm", "config model.llm_path = '/no/such/llm': no such model directory"),
+    ("model.encoder_path=/no/such/whisper", "config model.encoder_path = '/no/such/whisper': no such model directory"),
+    ("train.lr_max=1", "unknown config key 'train.lr_max'"),
+    ("data.train_shards=/no/shards-{000..003}.tar", "data.train_shards = '/no/shards-{000..003}.tar' matches no shard"),
+    ("data.num_workers=5", "4 shard(s) for 1 rank(s) x 5 worker(s)"),
+])
+def test_one_line_errors(assets, tmp_path, override, message):
+    config = str(REPO / "configs" / "stage1_tiny.yaml")
+    overrides = stage1_overrides(assets, tmp_path / "run", **{"data.train_shards": assets.heldout_shards})
+    proc = fe_train("train", "--config", config, *overrides, override)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert last_line(proc).startswith("error: ") and message in last_line(proc), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_config_file():
+    proc = fe_train("train", "--config", "/no/such.yaml")
+    assert proc.returncode == 2 and last_line(proc) == "error: config file /no/such.yaml: no such file"
+
+
+def test_existing_checkpoint_is_not_overwritten(assets, tmp_path):
+    (tmp_path / "run" / "checkpoints" / "step00000001").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step00000001" / "trainer_state.json").write_text("{}")
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step00000001")
+    proc = fe_train("train", "--config", str(REPO / "configs" / "stage1_tiny.yaml"), *stage1_overrides(assets, tmp_path / "run"))
+    assert proc.returncode == 2 and "already holds checkpoint step00000001: pass --resume" in last_line(proc)

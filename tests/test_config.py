@@ -1,0 +1,85 @@
+"""Typed config: defaults, YAML overrides, key=value overrides, unknown keys, saving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fe_train.config import Config
+from fe_train.engine.ds_config import INJECTED, read_policy, resolve
+from fe_train.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_overrides_are_typed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  epochs: 2\nmodel:\n  trim_encoder_padding: 'false'\n")
+    cfg = Config.load(path, ["train.micro_batch_size=4", "train.lr=2e-4", "run.name=x"])
+    assert cfg.train.lr == 2e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.train.epochs == 2 and cfg.train.micro_batch_size == 4
+    assert cfg.model.trim_encoder_padding is False
+    assert cfg.run.name == "x"
+
+
+@pytest.mark.parametrize("override, fragment", [
+    (["train.learning_rate=1"], "unknown config key 'train.learning_rate'"),
+    (["trainer.lr=1"], "unknown config key 'trainer'"),
+    (["train.epochs=two"], "'train.epochs' = 'two' is not a valid int"),
+    (["train.precision=fp8"], "train.precision = 'fp8'"),
+    (["lr=1"], "expected section.key=value"),
+])
+def test_bad_keys_and_values_are_named(override, fragment):
+    with pytest.raises(UserError) as err:
+        Config.load(None, override)
+    assert fragment in str(err.value)
+
+
+def test_unknown_yaml_key_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  shards: x\n")
+    with pytest.raises(UserError, match=r"bad.yaml: unknown config key 'data.shards'"):
+        Config.load(path)
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = Config.load(REPO / "configs" / "stage1_paper.yaml", ["train.seed=7"])
+    cfg.save(tmp_path / "config.yaml")
+    again = Config.load(tmp_path / "config.yaml")
+    assert again == cfg
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_yaml_loads(path):
+    Config.load(path)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "ds_configs").glob("*.json")), ids=lambda p: p.name)
+def test_every_ds_config_is_policy_only(path):
+    policy = read_policy(str(path))
+    assert not set(policy) & set(INJECTED)
+    cfg = Config.load(None, [f"engine.ds_config={path}", "train.global_batch_size=64", "train.micro_batch_size=8"])
+    ds = resolve(cfg, world_size=4)
+    assert ds["gradient_accumulation_steps"] == 2 and ds["train_batch_size"] == 64
+
+
+def test_ds_config_repeating_run_numbers_is_rejected(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 3}, "gradient_clipping": 1.0, "bf16": {"enabled": True}}))
+    with pytest.raises(UserError, match=r"sets \['gradient_clipping', 'bf16'\]"):
+        read_policy(str(path))
+
+
+def test_batch_must_divide(tmp_path):
+    cfg = Config.load(None, ["train.global_batch_size=100", "train.micro_batch_size=8"])
+    with pytest.raises(UserError, match="not a multiple"):
+        resolve(cfg, world_size=2)
+
+
+def test_yaml_files_hold_only_overrides():
+    for path in (REPO / "configs").glob("*.yaml"):
+        tree = yaml.safe_load(path.read_text())
+        assert set(tree) <= {"model", "prompt", "data", "train", "engine", "run"}, path

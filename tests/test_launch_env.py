@@ -1,0 +1,61 @@
+"""The launcher record from SLURM, torchrun, the deepspeed launcher and a single process."""
+
+from __future__ import annotations
+
+import pytest
+
+from fe_train.launch.env import expand_hostlist, from_environ, slurm_port
+
+
+def test_single_process():
+    env = from_environ({})
+    assert (env.rank, env.world_size, env.local_rank, env.launcher) == (0, 1, 0, "single")
+
+
+def test_torchrun():
+    env = from_environ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                        "MASTER_ADDR": "n1", "MASTER_PORT": "1234", "TORCHELASTIC_RUN_ID": "x"})
+    assert (env.rank, env.world_size, env.local_rank, env.local_world_size) == (3, 8, 1, 2)
+    assert (env.master_addr, env.master_port, env.launcher) == ("n1", 1234, "torchrun")
+
+
+def test_deepspeed_launcher():
+    env = from_environ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
+    assert env.launcher == "deepspeed" and env.rank == 1 and env.local_world_size == 2
+
+
+def test_srun_task():
+    env = from_environ({
+        "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0",
+        "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-08,10],cpu1", "SLURM_TASKS_PER_NODE": "2(x3),2",
+        "SLURM_NODEID": "2",
+    })
+    assert (env.rank, env.local_rank, env.world_size, env.local_world_size) == (5, 1, 8, 2)
+    assert env.master_addr == "gpu07" and env.master_port == slurm_port("4242") and env.launcher == "slurm"
+
+
+def test_batch_script_itself_is_not_a_rank():
+    # Inside the sbatch script (no srun step) SLURM_PROCID is set but this is no training task.
+    env = from_environ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "1"})
+    assert env.launcher == "single" and env.world_size == 1
+
+
+def test_torchrun_inside_slurm_wins():
+    env = from_environ({"RANK": "2", "WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": "j", "SLURM_PROCID": "0",
+                        "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2"})
+    assert env.launcher == "torchrun" and env.rank == 2 and env.world_size == 4
+
+
+@pytest.mark.parametrize("hostlist, hosts", [
+    ("node1", ["node1"]),
+    ("node[1-3]", ["node1", "node2", "node3"]),
+    ("gpu[001-002,010],login", ["gpu001", "gpu002", "gpu010", "login"]),
+    ("a[1-2]-ib,b3", ["a1-ib", "a2-ib", "b3"]),
+])
+def test_hostlist(hostlist, hosts):
+    assert expand_hostlist(hostlist) == hosts
+
+
+def test_ports_differ_between_jobs():
+    assert slurm_port("100") != slurm_port("101")
+    assert 20000 <= slurm_port("999999") < 40000
