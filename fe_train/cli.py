@@ -54,6 +54,16 @@ def _train(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from fe_train.config import Config
+    from fe_train.engine.memory import GIB, describe, workload_for
+
+    setup_logging(0)
+    cfg = Config.load(args.config, args.overrides)
+    print(describe(workload_for(cfg, args.world_size, args.seq_len), int(args.gpu_gib * GIB)))
+    return 0
+
+
 def _demo(args) -> int:
     from fe_train.demo import run_demo
 
@@ -98,6 +108,13 @@ def train_main(argv: list[str] | None = None) -> int:
     train.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
     train.set_defaults(run=_train)
+    plan = sub.add_parser("plan", help="which ds_config fits: expected GPU memory of each way to hold the frozen LLM")
+    plan.add_argument("--config", required=True)
+    plan.add_argument("--gpu-gib", type=float, default=80.0, help="memory of one GPU")
+    plan.add_argument("--world-size", type=int, default=8, help="ranks (GPUs) in the job")
+    plan.add_argument("--seq-len", type=int, default=1024, help="LLM tokens per sample (prompt + speech + reply)")
+    plan.add_argument("overrides", nargs="*")
+    plan.set_defaults(run=_plan)
     demo = sub.add_parser("demo", help="build tiny models and data, train stage 1 on 2 CPU processes")
     demo.add_argument("--out", default="demo_out", help="folder for models, shards and the run")
     demo.add_argument("--nproc", type=int, default=2, help="training processes")

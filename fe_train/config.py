@@ -121,10 +121,12 @@ class TrainConfig:
     """Checkpoints kept; older ones are deleted once a newer one is complete."""
     init_adapter: str = ""
     """A ``adapter.safetensors`` export to start the adapter from (stages after 1)."""
+    max_nonfinite_steps: int = 10
+    """Stop (after saving the last good state) when this many micro-batches in a row have a NaN/inf loss."""
 
     def __post_init__(self):
         _require(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}")
-        for key in ("epochs", "global_batch_size", "micro_batch_size", "log_every", "keep_last"):
+        for key in ("epochs", "global_batch_size", "micro_batch_size", "log_every", "keep_last", "max_nonfinite_steps"):
             _require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "an integer >= 1")
         for key in ("max_steps", "eval_every", "save_every"):
             _require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "an integer >= 0")
@@ -162,6 +164,10 @@ class RunConfig:
     """wandb project."""
     progress_bar: bool = True
     """Show a tqdm bar with loss and samples/s on rank 0."""
+    peak_tflops: float = 0.0
+    """Peak FLOP/s of one device in TFLOP/s for MFU (0: known GPUs by name, none on CPU)."""
+    log_keys: bool = False
+    """Write the sample keys of every micro-batch to ``keys/rank*.jsonl`` (an audit of exactly-once reading)."""
     checkpoint_signals: list = field(default_factory=lambda: ["SIGUSR1"])
     """Signals that make the run save a checkpoint at the next step and exit with status 75 (preemption)."""
 

@@ -53,7 +53,7 @@ def inspect(engine):
     )
 
 
-outcome = runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=False, inspect=inspect)
+outcome = runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=False, hooks=runner.Hooks(after_train=inspect))
 if launch.is_main:
     report["checkpoint"] = str(outcome.checkpoint)
     report["exports"] = [str(p) for p in outcome.exports]
