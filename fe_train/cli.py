@@ -70,8 +70,8 @@ def _build(args) -> int:
     from fe_train.data.stats import Skips
 
     setup_logging(0)
-    overrides = parse_overrides(args.label)
     corpora.importer(args.corpus)
+    overrides = parse_overrides(args.label)
     opts = BuildOptions(
         Path(args.out), prefix=args.prefix, sample_rate_hz=args.sample_rate, max_count=args.max_count,
         max_bytes=int(args.max_mb * (1 << 20)), min_duration_s=args.min_duration, max_duration_s=args.max_duration,
