@@ -5,14 +5,17 @@ the same files in a plain loop (no probe, plan, tar, records or index). Not a te
     PYTHONPATH=. python bench/shards.py --actors 8 --workers 2
 
 It writes a RAVDESS-layout corpus of espeak-ng speech (48 kHz, every third actor stereo, all 60 trials per
-actor) into a temporary folder, then times, side by side and ``--repeat`` times each, (a) the plain loop over
-the files the writer keeps (decode, downmix, resample to 16 kHz, FLAC; one process, one torch thread) and
-(b) ``fe-shards build`` end to end (scan, probe, plan, write, merge) with 1 and with ``--workers`` processes.
+actor) into a temporary folder, then, for 1 and for ``--workers`` processes, times side by side and
+``--repeat`` times each (the best counts): (a) the plain loop over the files the writer keeps (decode,
+downmix, resample to 16 kHz, FLAC, nothing kept), split evenly over the processes, and (b) ``fe-shards
+build`` end to end (scan, probe, plan, write shards of 48 clips, records, merge) with that many workers.
+Every process runs one torch thread. Ratio = (b)'s hours per minute per core / (a)'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import tempfile
 import time
@@ -41,11 +44,20 @@ def make_corpus(root: Path, actors: int) -> Path:
     return root
 
 
-def plain_loop(paths: list[Path]) -> float:
-    """Seconds to decode, downmix, resample and FLAC-encode every file in this process."""
-    start = time.perf_counter()
+def plain_loop(paths: list[Path]) -> None:
+    """Decode, downmix, resample and FLAC-encode every file, keeping nothing."""
     for path in paths:
         audio.encode_flac(audio.decode(str(path), 16000), 16000)
+
+
+def plain(paths: list[Path], workers: int) -> float:
+    """Seconds for the plain loop over ``paths``, split evenly over ``workers`` processes of one torch thread."""
+    start = time.perf_counter()
+    if workers == 1:
+        plain_loop(paths)
+    else:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            pool.map(plain_loop, [paths[i::workers] for i in range(workers)])
     return time.perf_counter() - start
 
 
@@ -53,15 +65,15 @@ def writer(root: Path, out: Path, workers: int) -> tuple[float, float]:
     """(seconds, audio hours written) of a whole build."""
     start = time.perf_counter()
     skips = Skips()
-    result = build(corpora.scan("ravdess", root, skips), BuildOptions(out, workers=workers, max_count=100), skips)
+    result = build(corpora.scan("ravdess", root, skips), BuildOptions(out, workers=workers, max_count=48), skips)
     return time.perf_counter() - start, result.merged.report["hours"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--actors", type=int, default=8, help="RAVDESS actors to generate (60 clips each)")
-    parser.add_argument("--workers", type=int, default=2, help="writer processes for the parallel run")
-    parser.add_argument("--repeat", type=int, default=2, help="timings of each kind; the best is reported")
+    parser.add_argument("--workers", type=int, default=2, help="processes for the parallel runs")
+    parser.add_argument("--repeat", type=int, default=3, help="timings of each kind; the best is reported")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,20 +82,21 @@ def main() -> None:
         kept = [clip.audio for clip in corpora.scan("ravdess", root, skips)]
         print(f"corpus: {len(kept)} clips kept of {len(kept) + skips.total} files (48 kHz, some stereo); "
               f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
-        loops, runs = [], {1: [], args.workers: []}
-        for attempt in range(args.repeat):
-            loops.append(plain_loop(kept))
-            for workers in runs:
-                runs[workers].append(writer(root, Path(tmp) / f"out-{workers}-{attempt}", workers))
-        hours = runs[1][0][1]
-        loop_rate = hours / (min(loops) / 60)
-        print(f"plain decode+FLAC loop, 1 core: {hours * 60:.2f} audio min in {min(loops):.2f} s "
-              f"= {loop_rate:.4f} h/min/core (runs {[round(t, 2) for t in loops]})")
-        for workers, timings in runs.items():
-            best = min(t for t, _ in timings)
-            rate = hours / (best / 60) / workers
-            print(f"fe-shards build, {workers} worker(s): {best:.2f} s = {rate:.4f} h/min/core, "
-                  f"ratio to the plain loop {rate / loop_rate:.2f} (runs {[round(t, 2) for t, _ in timings]})")
+        baseline: float | None = None
+        for workers in sorted({1, args.workers}):
+            loops, builds = [], []
+            for attempt in range(args.repeat):
+                loops.append(plain(kept, workers))
+                builds.append(writer(root, Path(tmp) / f"out-{workers}-{attempt}", workers))
+            hours = builds[0][1]
+            loop_rate = hours / (min(loops) / 60) / workers
+            rate = hours / (min(t for t, _ in builds) / 60) / workers
+            baseline = baseline or loop_rate
+            print(f"{workers} process(es), {hours * 60:.2f} audio min: plain decode+FLAC {loop_rate:.3f} h/min/core "
+                  f"(runs {[round(t, 2) for t in loops]} s); fe-shards build {rate:.3f} h/min/core "
+                  f"(runs {[round(t, 2) for t, _ in builds]} s); ratio {rate / loop_rate:.2f} at the same "
+                  f"parallelism, {rate / baseline:.2f} to the 1-process plain loop")
+        print(f"load after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -145,8 +145,8 @@ def test_cli_errors_are_one_line_and_verify_names_a_damaged_shard(clean, tmp_pat
     shutil.copytree(clean[0], damaged)
     shard = sorted(damaged.glob("train/*.tar"))[1]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
-    proc = subprocess.run([sys.executable, str(REPO / "shards" / "verify.py"), str(damaged)], env=dist_env(),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stdout
-    bad = [line for line in proc.stdout.splitlines() if "PROBLEMS" in line]
+    assert shards_main(["verify", str(damaged)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    bad = [line for line in lines if "PROBLEMS" in line]
     assert len(bad) == 1 and bad[0].startswith(f"train/{shard.name}:") and "count_mismatch" in bad[0]
+    assert lines[-1] == f"{len(lines) - 2}/{len(lines) - 1} shards ok"

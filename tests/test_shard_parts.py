@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fe_train.data.clip import Clip, parse_units
+from fe_train.data.clip import parse_units
 from fe_train.data.corpora import instructs2s
 from fe_train.data.labels import LabelMap, parse_overrides
 from fe_train.data.probe import probe
@@ -40,14 +40,14 @@ def test_probe_names_the_reason(tmp_path, data, reason):
     path.write_bytes(data)
     for source in (path, data):
         with pytest.raises(SampleError) as error:
-            probe(Clip(Meta(key="k"), source))
+            probe(source)
         assert error.value.reason == reason
     with pytest.raises(SampleError, match="missing_audio"):
-        probe(Clip(Meta(key="k"), tmp_path / "absent.wav"))
+        probe(tmp_path / "absent.wav")
 
 
 def test_probe_reads_the_duration_of_any_rate_and_channels():
-    assert probe(Clip(Meta(key="k"), wav_bytes(1.25, 44100, 6))) == pytest.approx(1.25)
+    assert probe(wav_bytes(1.25, 44100, 6)) == pytest.approx(1.25)
 
 
 def test_label_map_overrides_and_errors():
@@ -111,4 +111,4 @@ def test_counters_merge_as_one_run():
 
 def test_probe_of_a_path_that_is_a_folder(tmp_path):
     with pytest.raises(SampleError, match="missing_audio"):
-        probe(Clip(Meta(key="k"), Path(tmp_path)))
+        probe(Path(tmp_path))

@@ -149,7 +149,7 @@ def _unique(clips: Iterable[Clip], skips: Skips) -> Iterator[Clip]:
 
 def _probed(clips: list[Clip], opts: BuildOptions, skips: Skips, pool) -> list[Clip]:
     kept = []
-    for clip, (duration_s, error) in zip(clips, pool(_probe_one, clips, ordered=True)):
+    for clip, (duration_s, error) in zip(clips, pool(_probe_one, [clip.audio for clip in clips], ordered=True)):
         if error is not None:
             reason, detail = error
             skips.add(reason, f"{clip.where} ({detail})" if detail else clip.where)
@@ -163,9 +163,9 @@ def _probed(clips: list[Clip], opts: BuildOptions, skips: Skips, pool) -> list[C
     return kept
 
 
-def _probe_one(clip: Clip) -> tuple[float, tuple[str, str] | None]:
+def _probe_one(source: Path | bytes) -> tuple[float, tuple[str, str] | None]:
     try:
-        return probe(clip), None
+        return probe(source), None
     except SampleError as exc:
         return 0.0, (exc.reason, exc.detail)
 
@@ -186,7 +186,7 @@ def _workers(count: int) -> Iterator[Pool]:
         return
     with multiprocessing.get_context("fork").Pool(count, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         def run(fn, items: Sequence, ordered: bool) -> Iterator:
-            chunk = max(1, min(64, len(items) // (4 * count))) if ordered else 1
+            chunk = max(1, min(256, len(items) // (4 * count))) if ordered else 1
             return (pool.imap if ordered else pool.imap_unordered)(fn, items, chunksize=chunk)
 
         yield run

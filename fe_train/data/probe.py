@@ -15,7 +15,6 @@ from pathlib import Path
 
 import soundfile as sf
 
-from fe_train.data.clip import Clip
 from fe_train.data.schema import SampleError
 
 LFS_POINTER = b"version https://git-lfs"
@@ -24,17 +23,17 @@ PLACEHOLDER_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
 """Data sizes that streaming writers leave in a WAV header: not a truncation."""
 
 
-def probe(clip: Clip) -> float:
-    """Duration in seconds from the header of ``clip.audio``; ``SampleError`` when it cannot be used."""
-    if isinstance(clip.audio, Path):
-        if not clip.audio.is_file():
+def probe(audio: Path | bytes) -> float:
+    """Duration in seconds from the header of a clip's audio (a file or its bytes); ``SampleError`` when unusable."""
+    if isinstance(audio, Path):
+        if not audio.is_file():
             raise SampleError("missing_audio")
-        size = clip.audio.stat().st_size
-        with open(clip.audio, "rb") as stream:
+        size = audio.stat().st_size
+        with open(audio, "rb") as stream:
             head = stream.read(len(LFS_POINTER))
-        source: str | io.BytesIO = str(clip.audio)
+        source: str | io.BytesIO = str(audio)
     else:
-        size, head, source = len(clip.audio), clip.audio[:len(LFS_POINTER)], io.BytesIO(clip.audio)
+        size, head, source = len(audio), audio[:len(LFS_POINTER)], io.BytesIO(audio)
     if size == 0:
         raise SampleError("empty_file")
     if head == LFS_POINTER:
