@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ from fe_train.data.splits import Holdout, assign, split_name
 from fe_train.data.stats import Skips, Stats
 from fe_train.data.writer import encode_sample, write_tar
 from fe_train.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SILENCE_PEAK = 1e-3
 """A clip whose peak stays below -60 dBFS is ``silent_audio`` (e.g. CREMA-D 1076_MTI_SAD_XX)."""
@@ -71,9 +74,11 @@ class BuildOptions:
         self.out_dir = Path(self.out_dir)
         self.prefix = split_name(self.prefix, "--prefix")
         self.holdout_split = split_name(self.holdout_split, "--holdout-split")
-        for name in ("sample_rate_hz", "max_count", "max_bytes", "workers", "task_count"):
+        flags = {"sample_rate_hz": "--sample-rate", "max_count": "--max-count", "max_bytes": "--max-mb",
+                 "workers": "--workers", "task_count": "--task-count"}
+        for name, flag in flags.items():
             if getattr(self, name) < 1:
-                raise UserError(f"{name} = {getattr(self, name)}: expected a positive number")
+                raise UserError(f"{flag} {getattr(self, name)}: expected a positive number")
         if not 0 <= self.task_id < self.task_count:
             raise UserError(f"--task-id {self.task_id}: expected 0 <= task id < task count {self.task_count}")
         if not 0 <= self.min_duration_s < self.max_duration_s:
@@ -103,10 +108,17 @@ def build(clips: Iterable[Clip], opts: BuildOptions, skips: Skips) -> BuildResul
         assign(kept, opts.holdout, opts.holdout_split, opts.prefix, opts.corpus_splits)
         plan = make_plan(kept, opts.seed, opts.max_count, opts.max_bytes, opts.sample_rate_hz, opts.identity())
         ledger.claim(plan, opts.identity(), skips)
-        todo = [job for job in plan.slice(opts.task_id, opts.task_count) if not ledger.finished(job, plan.fingerprint)]
+        mine = plan.slice(opts.task_id, opts.task_count)
+        todo = [job for job in mine if not ledger.finished(job, plan.fingerprint)]
+        log.info("%d clips planned into %d shards (fingerprint %s); task %d/%d: %d of its %d shards to write with "
+                 "%d worker(s)", len(kept), len(plan.jobs), plan.fingerprint, opts.task_id, opts.task_count,
+                 len(todo), len(mine), opts.workers)
         write = functools.partial(write_shard, out_dir=opts.out_dir, fingerprint=plan.fingerprint,
                                   sample_rate_hz=opts.sample_rate_hz)
-        written = list(pool(write, todo, ordered=False))
+        written = []
+        for name in pool(write, todo, ordered=False):
+            written.append(name)
+            log.info("wrote %s (%d/%d)", name, len(written), len(todo))
     return BuildResult(plan, written, ledger.merge())
 
 
