@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fe_train.data import audio
@@ -130,7 +129,7 @@ def write_shard(job: ShardJob, out_dir: Path, fingerprint: str, sample_rate_hz: 
         for clip in job.clips:
             try:
                 wave = audio.decode(clip.audio if isinstance(clip.audio, bytes) else str(clip.audio), sample_rate_hz)
-                if float(np.abs(wave).max()) < SILENCE_PEAK:
+                if max(float(wave.max()), -float(wave.min())) < SILENCE_PEAK:
                     raise SampleError("silent_audio", f"peak below {SILENCE_PEAK}")
             except SampleError as exc:
                 skips.add(exc.reason, f"{clip.where} ({exc.detail})" if exc.detail else clip.where)
