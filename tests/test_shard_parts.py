@@ -46,6 +46,13 @@ def test_probe_names_the_reason(tmp_path, data, reason):
         probe(tmp_path / "absent.wav")
 
 
+def test_probe_of_a_file_that_cannot_be_read():
+    if not Path("/proc/self/mem").is_file():
+        pytest.skip("needs Linux /proc")
+    with pytest.raises(SampleError, match="unreadable"):
+        probe(Path("/proc/self/mem"))  # a regular file whose first bytes fail with EIO
+
+
 def test_probe_reads_the_duration_of_any_rate_and_channels():
     assert probe(wav_bytes(1.25, 44100, 6)) == pytest.approx(1.25)
 

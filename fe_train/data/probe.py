@@ -2,9 +2,10 @@
 
 The probe reads a few bytes and the header only, so planning a build (duration
 filter, shard sizes, hours) costs little next to decoding. Reasons, counted in
-the build report: ``missing_audio``, ``empty_file``, ``lfs_pointer`` (a git-LFS
-pointer instead of the audio), ``not_audio`` (nothing soundfile can open),
-``empty_audio`` (zero frames), ``truncated`` (a WAV shorter than its header says).
+the build report: ``missing_audio``, ``unreadable`` (reading fails),
+``empty_file``, ``lfs_pointer`` (a git-LFS pointer instead of the audio),
+``not_audio`` (nothing soundfile can open), ``empty_audio`` (zero frames),
+``truncated`` (a WAV shorter than its header says).
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ def probe(audio: Path | bytes) -> float:
     if isinstance(audio, Path):
         if not audio.is_file():
             raise SampleError("missing_audio")
-        size = audio.stat().st_size
-        with open(audio, "rb") as stream:
-            head = stream.read(len(LFS_POINTER))
+        try:
+            size = audio.stat().st_size
+            with open(audio, "rb") as stream:
+                head = stream.read(len(LFS_POINTER))
+        except OSError as exc:
+            raise SampleError("unreadable", exc.strerror or type(exc).__name__) from None
         source: str | io.BytesIO = str(audio)
     else:
         size, head, source = len(audio), audio[:len(LFS_POINTER)], io.BytesIO(audio)
