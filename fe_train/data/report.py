@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fe_train.data.schema import INDEX_NAME
-from fe_train.data.stats import Skips, Stats
+from fe_train.data.stats import NO_VALUE, Skips, Stats
 
 
 def make_report(plan: dict, stats: Stats, skips: Skips) -> dict:
@@ -28,7 +28,7 @@ def format_report(report: dict, examples: int = 1) -> str:
     for split, row in report["splits"].items():
         labels = ", ".join(f"{k} {v}" for k, v in report["labels"].get(split, {}).items())
         lines.append(f"  {split}: {row['samples']} samples, {row['hours']:.3f} h, {row['shards']} shards, "
-                     f"{len(report['speakers'].get(split, {}))} speakers; labels: {labels}")
+                     f"{len(set(report['speakers'].get(split, {})) - {NO_VALUE})} speakers; labels: {labels}")
     if report["shared_speakers"]:
         shared = report["shared_speakers"]
         lines.append(f"  note: {len(shared)} speaker(s) in several splits, e.g. {next(iter(shared.items()))}")
