@@ -9,7 +9,9 @@ actor) into a temporary folder, then, for 1 and for ``--workers`` processes, tim
 ``--repeat`` times each (the best counts): (a) the plain loop over the files the writer keeps (decode,
 downmix, resample to 16 kHz, FLAC, nothing kept), split evenly over the processes, and (b) ``fe-shards
 build`` end to end (scan, probe, plan, write shards of 48 clips, records, merge) with that many workers.
-Every process runs one torch thread. Ratio = (b)'s hours per minute per core / (a)'s.
+Every process runs one torch thread. Rates are audio hours per wall-clock minute per process, and audio
+hours per CPU-minute (user + system time of the process and its workers: what a shared machine's other
+load does not distort); ratio = (b)'s rate / (a)'s, for each.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -50,23 +53,38 @@ def plain_loop(paths: list[Path]) -> None:
         audio.encode_flac(audio.decode(str(path), 16000), 16000)
 
 
-def plain(paths: list[Path], workers: int) -> float:
-    """Seconds for the plain loop over ``paths``, split evenly over ``workers`` processes of one torch thread."""
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and of its reaped children (the pool's workers), user + system."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(run, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of ``run(*args)``."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    run(*args)
+    return time.perf_counter() - wall, cpu_seconds() - cpu
+
+
+def plain(paths: list[Path], workers: int) -> None:
+    """The plain loop over ``paths``, split evenly over ``workers`` processes of one torch thread."""
     if workers == 1:
         plain_loop(paths)
     else:
         with multiprocessing.get_context("fork").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
             pool.map(plain_loop, [paths[i::workers] for i in range(workers)])
-    return time.perf_counter() - start
 
 
-def writer(root: Path, out: Path, workers: int) -> tuple[float, float]:
-    """(seconds, audio hours written) of a whole build."""
-    start = time.perf_counter()
+def writer(root: Path, out: Path, workers: int) -> float:
+    """A whole build; returns the audio hours written."""
     skips = Skips()
     result = build(corpora.scan("ravdess", root, skips), BuildOptions(out, workers=workers, max_count=48), skips)
-    return time.perf_counter() - start, result.merged.report["hours"]
+    return result.merged.report["hours"]
+
+
+def rates(hours: float, runs: list[tuple[float, float]], workers: int) -> tuple[float, float]:
+    """(h/min/core by wall clock, h/min per CPU-minute) of the best run of each kind."""
+    return hours / (min(w for w, _ in runs) / 60) / workers, hours / (min(c for _, c in runs) / 60)
 
 
 def main() -> None:
@@ -80,22 +98,21 @@ def main() -> None:
         root = make_corpus(Path(tmp) / "ravdess", args.actors)
         skips = Skips()
         kept = [clip.audio for clip in corpora.scan("ravdess", root, skips)]
-        print(f"corpus: {len(kept)} clips kept of {len(kept) + skips.total} files (48 kHz, some stereo); "
-              f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
-        baseline: float | None = None
+        hours = writer(root, Path(tmp) / "warm-up", 1)
+        print(f"corpus: {len(kept)} clips kept of {len(kept) + skips.total} files (48 kHz, some stereo), "
+              f"{hours * 60:.2f} audio min; cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
         for workers in sorted({1, args.workers}):
             loops, builds = [], []
             for attempt in range(args.repeat):
-                loops.append(plain(kept, workers))
-                builds.append(writer(root, Path(tmp) / f"out-{workers}-{attempt}", workers))
-            hours = builds[0][1]
-            loop_rate = hours / (min(loops) / 60) / workers
-            rate = hours / (min(t for t, _ in builds) / 60) / workers
-            baseline = baseline or loop_rate
-            print(f"{workers} process(es), {hours * 60:.2f} audio min: plain decode+FLAC {loop_rate:.3f} h/min/core "
-                  f"(runs {[round(t, 2) for t in loops]} s); fe-shards build {rate:.3f} h/min/core "
-                  f"(runs {[round(t, 2) for t, _ in builds]} s); ratio {rate / loop_rate:.2f} at the same "
-                  f"parallelism, {rate / baseline:.2f} to the 1-process plain loop")
+                loops.append(timed(plain, kept, workers))
+                builds.append(timed(writer, root, Path(tmp) / f"out-{workers}-{attempt}", workers))
+            (loop_wall, loop_cpu), (build_wall, build_cpu) = rates(hours, loops, workers), rates(hours, builds, workers)
+            print(f"{workers} process(es): plain decode+FLAC {loop_wall:.3f} h/min/core wall, {loop_cpu:.3f} h/CPU-min "
+                  f"(wall {[round(w, 2) for w, _ in loops]} s, CPU {[round(c, 2) for _, c in loops]} s)")
+            print(f"{workers} process(es): fe-shards build  {build_wall:.3f} h/min/core wall, {build_cpu:.3f} h/CPU-min "
+                  f"(wall {[round(w, 2) for w, _ in builds]} s, CPU {[round(c, 2) for _, c in builds]} s)")
+            print(f"{workers} process(es): ratio {build_wall / loop_wall:.2f} by wall clock, "
+                  f"{build_cpu / loop_cpu:.2f} by CPU time")
         print(f"load after: {os.getloadavg()[0]:.1f}")
 
 
