@@ -2,7 +2,7 @@
 """Shard-writer throughput: audio hours written per minute per core, and its ratio to decoding + FLAC-encoding
 the same files in a plain loop (no probe, plan, tar, records or index). Not a test: it prints figures.
 
-    PYTHONPATH=. python bench/shards.py --actors 8 --workers 2
+    PYTHONPATH=. python bench/shards.py --actors 12 --workers 2 --repeat 3
 
 It writes a RAVDESS-layout corpus of espeak-ng speech (48 kHz, every third actor stereo, all 60 trials per
 actor) into a temporary folder, then, for 1 and for ``--workers`` processes, times side by side and
