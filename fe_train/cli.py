@@ -72,17 +72,46 @@ def _demo(args) -> int:
 
 
 def _build(args) -> int:
+    from fe_train.data import corpora
     from fe_train.data.build import BuildOptions, build
-    from fe_train.data.manifest import Skips, read_manifest
+    from fe_train.data.labels import parse_overrides
+    from fe_train.data.report import format_report
+    from fe_train.data.splits import Holdout
+    from fe_train.data.stats import Skips
 
     setup_logging(0)
-    if args.corpus != "manifest":
-        raise UserError(f"--corpus {args.corpus!r}: expected one of ['manifest']")
+    corpora.importer(args.corpus)
+    overrides = parse_overrides(args.label)
+    opts = BuildOptions(
+        Path(args.out), prefix=args.prefix, sample_rate_hz=args.sample_rate, max_count=args.max_count,
+        max_bytes=int(args.max_mb * (1 << 20)), min_duration_s=args.min_duration, max_duration_s=args.max_duration,
+        seed=args.seed, workers=args.workers, holdout=tuple(Holdout.parse(h) for h in args.holdout),
+        holdout_split=args.holdout_split, corpus_splits=not args.no_corpus_splits,
+        task_id=args.task_id, task_count=args.task_count,
+        source={"corpus": args.corpus, "root": str(Path(args.root).resolve()), "labels": overrides},
+    )
     skips = Skips()
-    opts = BuildOptions(Path(args.out), prefix=args.prefix, max_count=args.max_count)
-    index = build(read_manifest(args.root, skips), opts, skips)
-    print(f"wrote {index.count} samples ({index.hours:.3f} h) in {len(index.shards)} shards to {args.out}; "
-          f"skipped {sum(skips.counts.values())} {skips.counts}")
+    result = build(corpora.scan(args.corpus, args.root, skips, overrides), opts, skips)
+    print(f"task {opts.task_id}/{opts.task_count}: wrote {len(result.written)} of its "
+          f"{len(result.plan.slice(opts.task_id, opts.task_count))} shards ({len(result.plan.jobs)} planned) in {args.out}")
+    if result.merged.complete:
+        print(format_report(result.merged.report))
+    else:
+        print(f"waiting for {len(result.merged.missing)} shard(s) of other tasks; the last task to finish "
+              f"merges the indexes (or run: fe-shards merge {args.out})")
+    return 0
+
+
+def _merge(args) -> int:
+    from fe_train.data.ledger import Ledger
+    from fe_train.data.report import format_report
+
+    setup_logging(0)
+    merged = Ledger(args.directory).merge()
+    if not merged.complete:
+        print(f"incomplete: {len(merged.missing)} planned shard(s) missing, e.g. {merged.missing[:5]}")
+        return 1
+    print(format_report(merged.report))
     return 0
 
 
@@ -127,12 +156,31 @@ def shards_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fe-shards", description="Build and verify WebDataset shards.")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="write shards from a corpus")
-    build.add_argument("--corpus", required=True, help="importer: manifest")
+    build.add_argument("--corpus", required=True, help="importer: ravdess, cremad, esd, iemocap, meld, manifest, "
+                       "instructions (a manifest of instruction text, audio and reply), instructs2s")
     build.add_argument("--root", required=True, help="corpus root (for manifest: the JSONL file)")
-    build.add_argument("--out", required=True, help="output shard directory")
-    build.add_argument("--prefix", default="train", help="shard name prefix")
-    build.add_argument("--max-count", type=int, default=1000, help="samples per shard")
+    build.add_argument("--out", required=True, help="output folder: OUT/<split>/<split>-NNNNNN.tar + index.json")
+    build.add_argument("--prefix", default="train", help="split of clips without one of their own")
+    build.add_argument("--max-count", type=int, default=1000, help="samples per shard at most")
+    build.add_argument("--max-mb", type=float, default=256.0, help="audio MiB per shard at most (as 16-bit PCM)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the global shuffle")
+    build.add_argument("--workers", type=int, default=1, help="worker processes (one core each)")
+    build.add_argument("--sample-rate", type=int, default=16000, help="stored sample rate in Hz")
+    build.add_argument("--min-duration", type=float, default=0.2, help="shorter clips are skipped (seconds)")
+    build.add_argument("--max-duration", type=float, default=30.0, help="longer clips are skipped (seconds)")
+    build.add_argument("--holdout", action="append", default=[], metavar="FIELD=VALUES",
+                       help="send clips whose field matches to the held-out split, e.g. speaker=Actor_01,Actor_02 "
+                            "or session=Session5 (repeatable; shell patterns allowed)")
+    build.add_argument("--holdout-split", default="test", help="name of the held-out split")
+    build.add_argument("--no-corpus-splits", action="store_true", help="ignore the splits a corpus ships")
+    build.add_argument("--label", action="append", default=[], metavar="RAW=CLASS",
+                       help="map a raw corpus label to a class or 'drop', e.g. calm=neutral, exc=drop")
+    build.add_argument("--task-id", type=int, default=0, help="this array task's slice of the shards")
+    build.add_argument("--task-count", type=int, default=1, help="number of array tasks")
     build.set_defaults(run=_build)
+    merge = sub.add_parser("merge", help="merge the indexes and reports of a build's array tasks")
+    merge.add_argument("directory")
+    merge.set_defaults(run=_merge)
     verify = sub.add_parser("verify", help="read back every sample of a shard directory")
     verify.add_argument("directory")
     verify.set_defaults(run=_verify)
