@@ -73,7 +73,7 @@ def shards_digest(shards: list[Shard]) -> str:
 
 @dataclass
 class Hooks:
-    """Callables run on every rank with the engine: before training starts and after it ends (before export).
+    """Callables run on every rank with the ``Trainer``: before training starts and after it ends (before export).
 
     For tests, benchmarks and fault injection; training itself never needs them.
     """
@@ -139,10 +139,10 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: 
     trainer = Trainer(engine, stream, eval_stream, cfg, launch, device, tracker, store, state, digest,
                       flops=flops.micro_batch, peak=peak_flops(device, cfg.run.peak_tflops))
     if hooks.before_train is not None:
-        hooks.before_train(engine)
+        hooks.before_train(trainer)
     state = trainer.fit()
     if hooks.after_train is not None:
-        hooks.after_train(engine)
+        hooks.after_train(trainer)
     exports = [] if state.preempted else export_modules(engine.module, recipe.trains, out / "export", launch.is_main)
     if launch.is_main:
         plot_losses(out / "metrics.jsonl", out / "loss.png")

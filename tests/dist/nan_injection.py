@@ -31,8 +31,8 @@ def poison(module, inputs, output):
     return output
 
 
-def before(engine):
-    engine.module.adapter.register_forward_hook(poison)
+def before(trainer):
+    trainer.engine.module.adapter.register_forward_hook(poison)
 
 
 runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=False, hooks=runner.Hooks(before_train=before))

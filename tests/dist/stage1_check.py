@@ -26,7 +26,8 @@ reference.update({f"llm.{k}": v.clone() for k, v in load_llm(cfg.model.llm_path,
 report = {}
 
 
-def inspect(engine):
+def inspect(trainer):
+    engine = trainer.engine
     model = engine.module
     mismatched, checked, frozen_elems, trainable_elems = [], 0, 0, 0
     for name, param in model.named_parameters():
