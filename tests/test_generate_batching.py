@@ -16,7 +16,10 @@ from fe_train.generate.replies import Sampling, eos_ids, generate_batch, left_pa
 def llm(assets):
     from fe_train.model.frozen_llm import load_llm, load_tokenizer
 
-    return load_llm(str(assets.llm), torch.float32), load_tokenizer(str(assets.llm))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model gains nothing from more, and loses much on a busy machine
+    yield load_llm(str(assets.llm), torch.float32), load_tokenizer(str(assets.llm))
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,15 @@ from fe_train.generate.replies import generate_replies
 from fe_train.generate.tasks import build_task
 from fe_train.model.frozen_llm import load_llm, load_tokenizer
 
-SAMPLED = {"generate.batch_size": 4, "generate.max_new_tokens": 32, "generate.batches_per_part": 1,
-           "generate.do_sample": "true", "generate.temperature": 1.3, "generate.seed": 11}
+CONFIG = str(REPO / "configs" / "generate_tiny.yaml")
+SAMPLED = {"generate.do_sample": "true", "generate.temperature": 1.3, "generate.seed": 11}
+"""With configs/generate_tiny.yaml: batches of 4, up to 32 new tokens, a part per batch."""
 
 
 def generate_cmd(assets, task: str, source, out, **overrides) -> list[str]:
-    values = {"model.llm_path": assets.llm, "generate.precision": "fp32", "run.progress_bar": "false",
-              "engine.timeout_s": 300, **overrides}
+    values = {"model.llm_path": assets.llm, **overrides}
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-            "-m", "fe_train", "generate", "--task", task, "--input", str(source), "--out", str(out),
+            "-m", "fe_train", "generate", "--task", task, "--input", str(source), "--out", str(out), "--config", CONFIG,
             *[f"{k}={v}" for k, v in values.items()]]
 
 
@@ -71,7 +71,7 @@ def test_killed_and_resumed_equals_uninterrupted(assets, manifest, uninterrupted
     out = tmp_path / "killed"
     cmd = generate_cmd(assets, "distill", manifest, out, **SAMPLED)
     proc = subprocess.Popen(cmd, env=dist_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    total_batches = len(uninterrupted) // SAMPLED["generate.batch_size"]
+    total_batches = len(uninterrupted) // Config.load(CONFIG).generate.batch_size
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(PartStore(out).parts()) < total_batches // 4:
         time.sleep(0.02)
@@ -102,8 +102,8 @@ def test_zero3_empathy_equals_plain_generate_with_an_uneven_tail(assets, tmp_pat
     out = tmp_path / "zero3"
     weights = "[1, 2, 3, 4, 5]"
     cmd = generate_cmd(assets, "empathy", assets.heldout_shards, out, **{
-        "generate.llm_placement": "zero3", "engine.ds_config": "ds_configs/zero3_tiny.json", "generate.batch_size": 7,
-        "generate.max_new_tokens": 24, "generate.label_weights": weights})
+        "generate.llm_placement": "zero3", "generate.batch_size": 7, "generate.max_new_tokens": 24,
+        "generate.label_weights": weights})
     run_to_end(cmd)
     records = {r["key"]: r for r in part_lines(out)}
 
