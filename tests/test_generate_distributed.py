@@ -27,11 +27,11 @@ SAMPLED = {"generate.do_sample": "true", "generate.temperature": 1.3, "generate.
 """With configs/generate_tiny.yaml: batches of 4, up to 32 new tokens, a part per batch."""
 
 
-def generate_cmd(assets, task: str, source, out, **overrides) -> list[str]:
+def generate_cmd(assets, task: str, source, out, nproc: int = 2, **overrides) -> list[str]:
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
     values = {"model.llm_path": assets.llm, **overrides}
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-            "-m", "fe_train", "generate", "--task", task, "--input", str(source), "--out", str(out), "--config", CONFIG,
-            *[f"{k}={v}" for k, v in values.items()]]
+    return [sys.executable, *(launcher if nproc > 1 else []), "-m", "fe_train", "generate", "--task", task,
+            "--input", str(source), "--out", str(out), "--config", CONFIG, *[f"{k}={v}" for k, v in values.items()]]
 
 
 def run_to_end(cmd) -> subprocess.CompletedProcess:
@@ -49,21 +49,25 @@ def part_lines(out) -> list[dict]:
     return [json.loads(line) for part in PartStore(out).parts() for line in part.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    """192 instructions (the 24 questions, 8 keys each) in a JSONL manifest, the importer's format."""
-    path = tmp_path_factory.mktemp("manifest") / "instructions.jsonl"
+def write_manifest(path, count: int = 192):
+    """``count`` instructions (the 24 questions in turn) in a JSONL manifest, the importer's format."""
     texts = [i.text for i in synthetic.instructions()]
     with open(path, "w") as stream:
-        for n in range(192):
+        for n in range(count):
             stream.write(json.dumps({"key": f"q{n:03d}", "audio": f"clips/q{n:03d}.flac", "text": texts[n % len(texts)]}) + "\n")
     return path
 
 
 @pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return write_manifest(tmp_path_factory.mktemp("manifest") / "instructions.jsonl")
+
+
+@pytest.fixture(scope="module")
 def uninterrupted(assets, manifest, tmp_path_factory):
+    """One process, uninterrupted: the batches and their seeds do not depend on the number of ranks."""
     out = tmp_path_factory.mktemp("generate") / "uninterrupted"
-    run_to_end(generate_cmd(assets, "distill", manifest, out, **SAMPLED))
+    run_to_end(generate_cmd(assets, "distill", manifest, out, nproc=1, **SAMPLED))
     return {r["key"]: r for r in part_lines(out)}
 
 

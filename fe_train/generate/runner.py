@@ -20,7 +20,7 @@ import torch
 from fe_train.config import Config
 from fe_train.data.catalog import instruction_texts, text_digest
 from fe_train.data.manifest import Skips
-from fe_train.engine.build import barrier, init_distributed, shutdown
+from fe_train.engine.build import barrier, device_for, init_distributed, shutdown
 from fe_train.errors import UserError
 from fe_train.generate.parts import PartStore
 from fe_train.generate.placement import PLACEMENTS, PlacedLLM
@@ -94,7 +94,9 @@ def run(cfg: Config, task_name: str, source: str, out_dir: str, launch: LaunchEn
     plan = build_plan(cfg, task, tokenizer, source, skips)
     store = PartStore(out_dir)
     store.check_settings(settings(cfg, task), write=launch.is_main)
-    device = init_distributed(launch, cfg)
+    # One replicated process needs no process group (and no port); DeepSpeed's ZeRO-3 needs one even alone.
+    alone = not launch.distributed and cfg.generate.llm_placement == "replicate"
+    device = device_for(launch) if alone else init_distributed(launch, cfg)
     try:
         summary = _generate(cfg, task, tokenizer, plan, store, launch, device, skips)
     except BaseException:
@@ -111,9 +113,9 @@ def _generate(cfg, task, tokenizer, plan, store, launch, device, skips) -> Summa
     mine = plan.for_rank(pending, launch.rank, launch.world_size)
     log.info("%d keys, %d with a reply already; %d pending batches over %d ranks (%s)", len(plan.keys),
              len(done & set(plan.keys)), len(pending), launch.world_size, cfg.generate.llm_placement)
-    placed = PLACEMENTS[cfg.generate.llm_placement](cfg, device, launch.world_size)
+    placed = PLACEMENTS[cfg.generate.llm_placement](cfg, device, launch.world_size) if pending else None
     # ZeRO-3 gathers weights in every forward: a rank out of batches keeps stepping on a dummy prompt.
-    steps = plan.steps(pending, launch.world_size) if placed.synced else len(mine)
+    steps = plan.steps(pending, launch.world_size) if placed is not None and placed.synced else len(mine)
     writer = PartWriter(store, cfg.generate.batches_per_part)
     progress = Progress(sum(len(b.items) for b in mine), launch.is_main and cfg.run.progress_bar)
     start = time.perf_counter()
