@@ -124,3 +124,17 @@ def test_zero3_empathy_equals_plain_generate_with_an_uneven_tail(assets, tmp_pat
         assert records[key]["pseudo_emotion"] == label
         assert records[key]["reply"] == reply, key
     assert len(set(labels)) >= 3
+
+
+@pytest.mark.slow
+def test_deepspeed_launcher(assets, tmp_path):
+    """The deepspeed launcher starts the 2 ranks (it sets RANK, LOCAL_RANK and WORLD_SIZE)."""
+    out = tmp_path / "ds"
+    cmd = generate_cmd(assets, "distill", assets.heldout_shards, out, nproc=1)
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+                "--no_local_rank", "--module", "fe_train"]
+    proc = run_to_end([*launcher, *cmd[cmd.index("generate"):]])
+    assert "48/48 keys have a reply (0 before this run, 48 now" in proc.stdout, proc.stdout[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["replies"] == 48 and summary["repeated_records"] == 0
+    assert "over 2 ranks" in proc.stdout + proc.stderr
