@@ -1,4 +1,4 @@
-"""Command-line entry points: ``fe-train`` (train, demo) and ``fe-shards`` (build, verify).
+"""Command-line entry points: ``fe-train`` (train, generate, demo) and ``fe-shards`` (build, join, verify).
 
 A ``UserError`` anywhere ends the command with ``error: <message>`` on one line
 and exit status 2.
@@ -69,6 +69,45 @@ def _demo(args) -> int:
 
     setup_logging(0)
     return run_demo(Path(args.out), nproc=args.nproc, epochs=args.epochs)
+
+
+def _generate(args) -> int:
+    from fe_train.config import Config
+    from fe_train.generate.runner import run
+    from fe_train.launch.env import from_environ
+
+    launch = from_environ()
+    setup_logging(launch.rank)
+    cfg = Config.load(args.config, args.overrides)
+    summary = run(cfg, args.task, args.input, args.out, launch)
+    if summary is None:
+        return 0
+    print(f"generate {args.task}: {summary.line()}; replies in {args.out}")
+    if not summary.complete:
+        print(f"{len(summary.missing)} keys without a reply, e.g. {summary.missing[:5]}: rerun the same command")
+    return 0 if summary.complete else 1
+
+
+def _join(args) -> int:
+    from fe_train.data.join import Target, join_shards
+    from fe_train.data.manifest import Skips
+    from fe_train.data.pipeline import resolve_shards
+    from fe_train.data.units import UnitFiles
+    from fe_train.generate.parts import PartStore
+
+    setup_logging(0)
+    replies = None
+    if args.replies:
+        if not PartStore(args.replies).parts():
+            raise UserError(f"--replies {args.replies}: no part-*.jsonl files (expected the --out of fe-train generate)")
+        replies = {key: Target.from_record(r) for key, r in PartStore(args.replies).read().by_key.items()}
+    unit_skips = Skips()
+    units = UnitFiles(args.units, unit_skips) if args.units else None
+    report = join_shards(resolve_shards(args.shards, "--shards"), args.out, replies, units, args.missing == "drop")
+    problems = dict(report.problems.counts, **{f"units_file:{k}": v for k, v in unit_skips.counts.items()})
+    print(f"joined {report.samples} samples into {args.out}: wrote {report.written}, attached {report.attached}, "
+          f"problems {problems}, targets without a sample {report.unused}")
+    return 0
 
 
 def _build(args) -> int:
@@ -144,6 +183,14 @@ def train_main(argv: list[str] | None = None) -> int:
     plan.add_argument("--seq-len", type=int, default=1024, help="LLM tokens per sample (prompt + speech + reply)")
     plan.add_argument("overrides", nargs="*")
     plan.set_defaults(run=_plan)
+    generate = sub.add_parser("generate", help="the frozen LLM's replies to the instructions: stage 1 and 2b targets")
+    generate.add_argument("--task", required=True, help="distill (stage 1) or empathy (stage 2b)")
+    generate.add_argument("--input", required=True, help="instruction shards (directory, brace pattern, glob) or a .jsonl manifest")
+    generate.add_argument("--out", required=True, help="directory of jsonl parts; rerunning continues where it ended")
+    generate.add_argument("--config", default=None, help="YAML file of overrides (model.llm_path, generate.*, engine.*)")
+    generate.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    generate.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. generate.batch_size=32")
+    generate.set_defaults(run=_generate)
     demo = sub.add_parser("demo", help="build tiny models and data, train stage 1 on 2 CPU processes")
     demo.add_argument("--out", default="demo_out", help="folder for models, shards and the run")
     demo.add_argument("--nproc", type=int, default=2, help="training processes")
@@ -181,6 +228,14 @@ def shards_main(argv: list[str] | None = None) -> int:
     merge = sub.add_parser("merge", help="merge the indexes and reports of a build's array tasks")
     merge.add_argument("directory")
     merge.set_defaults(run=_merge)
+    join = sub.add_parser("join", help="attach generated replies and/or TTS units to shard samples by key")
+    join.add_argument("--shards", required=True, help="input shards (directory, brace pattern or glob)")
+    join.add_argument("--out", required=True, help="new directory for the joined shards")
+    join.add_argument("--replies", default="", help="the --out directory of fe-train generate")
+    join.add_argument("--units", default="", help="directory of {key}.npy files and/or .jsonl files of {key, units}")
+    join.add_argument("--missing", choices=("keep", "drop"), default="keep",
+                      help="samples without a target: keep them unchanged (counted) or drop them (counted)")
+    join.set_defaults(run=_join)
     verify = sub.add_parser("verify", help="read back every sample of a shard directory")
     verify.add_argument("directory")
     verify.set_defaults(run=_verify)
