@@ -130,3 +130,18 @@ def test_shard_members_are_decoded_only_by_explicit_decoders(faulty_shards):
             members.update(k for k, v in raw.items() if not k.startswith("__") and isinstance(v, bytes))
     assert {"pyd", "pth"} <= members  # the pickles are there, as raw bytes
     assert not os.path.exists(MARKER)
+
+
+def test_no_secret_reaches_saved_files_or_logs(assets, tmp_path):
+    secret = "wandb-secret-0123456789abcdef"
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "fe_train", "train", "--config", CONFIG, *stage1_overrides(assets, out, **{
+               "data.eval_shards": "", "train.max_steps": 2, "run.wandb_mode": "offline"})]
+    proc = subprocess.run(cmd, env=dist_env(WANDB_API_KEY=secret), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert secret not in proc.stdout + proc.stderr
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and (out / "config.yaml").is_file()
+    leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
+    assert leaked == []
