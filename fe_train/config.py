@@ -76,7 +76,7 @@ class DataConfig:
     shuffle: bool = True
     """Shuffle shard order and samples within each shard, anew each epoch from the seed."""
     max_skip_fraction: float = 0.01
-    """Stop with an error naming the shards when more than this fraction of samples is skipped."""
+    """Stop with an error naming the shards once the skipped samples exceed this fraction of the epoch's samples."""
 
     def __post_init__(self):
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")

@@ -96,7 +96,8 @@ def test_persistent_nan_stops_with_last_good_checkpoint(assets, tmp_path):
         assets, out, **{"data.eval_shards": "", "train.epochs": 1, "train.max_nonfinite_steps": 3})])
     assert proc.returncode != 0
     assert "loss non-finite for 3 micro-batches in a row" in proc.stderr
-    assert (out / "checkpoints" / "step00000004" / "trainer_state.json").is_file()  # 8 good micro-batches = 4 steps
+    # 8 good micro-batches, one optimizer step each (micro batch 8 x 2 ranks = global batch 16)
+    assert (out / "checkpoints" / "step00000008" / "trainer_state.json").is_file()
 
 
 def test_a_killed_rank_ends_the_other_within_the_bound(assets, tmp_path):

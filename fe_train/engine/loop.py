@@ -239,7 +239,10 @@ class Trainer:
         if sum(skipped.values()) and self.launch.is_main:
             log.warning("skipped samples so far: %s", dict(self.skipped))
         total_skipped = sum(self.skipped.values())
-        fraction = total_skipped / max(self.state.samples + total_skipped, 1)
+        # Against every sample the epochs so far planned, not the few seen yet: an early burst of bad samples
+        # stops the run only once the epoch as a whole is sure to exceed the limit.
+        planned = (self.state.epoch + 1) * sum(shard.count for shard in self.stream.shards)
+        fraction = total_skipped / max(planned, 1)
         if fraction > self.cfg.data.max_skip_fraction:
             worst = ", ".join(f"{name} ({count})" for name, count in self.skipped_shards.most_common(5))
             raise UserError(
