@@ -91,6 +91,8 @@ def _verify(args) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fe-train", description="Train FreezeEmpath's non-frozen parts.")
+    # The deepspeed launcher puts --local_rank=N right after `-m fe_train`, before the subcommand.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one stage from a config")
     train.add_argument("--config", required=True, help="YAML file of overrides, e.g. configs/stage1_tiny.yaml")
