@@ -21,6 +21,7 @@ PREEMPTED_EXIT = 75
 def setup_logging(rank: int = 0) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("fe_train.launch").setLevel(logging.INFO)  # every rank says who and where it is
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -41,7 +42,7 @@ def _train(args) -> int:
 
     launch = from_environ()
     setup_logging(launch.rank)
-    logging.getLogger("fe_train").info("%s", launch.describe())
+    logging.getLogger("fe_train.launch").info("%s", launch.describe())
     cfg = Config.load(args.config, args.overrides)
     outcome = runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=args.resume)
     if outcome.state.preempted:
@@ -51,6 +52,23 @@ def _train(args) -> int:
     if launch.is_main:
         print(f"trained {cfg.train.stage} to step {outcome.state.step}; checkpoint {outcome.checkpoint}; "
               f"exports {[str(p) for p in outcome.exports]}")
+    return 0
+
+
+def _config(args) -> int:
+    """Print the resolved config, or one ``section.key`` of it (the sbatch scripts read run.output_dir)."""
+    import yaml
+
+    from fe_train.config import Config
+
+    tree = Config.load(args.config, args.overrides).to_dict()
+    if not args.get:
+        print(yaml.safe_dump(tree, sort_keys=False), end="")
+        return 0
+    section, _, key = args.get.partition(".")
+    if key not in tree.get(section, {}):
+        raise UserError(f"--get {args.get!r}: expected section.key of the config, e.g. run.output_dir")
+    print(tree[section][key])
     return 0
 
 
@@ -100,6 +118,11 @@ def train_main(argv: list[str] | None = None) -> int:
     train.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
     train.set_defaults(run=_train)
+    show = sub.add_parser("config", help="print the resolved config (defaults, YAML, overrides)")
+    show.add_argument("--config", required=True, help="YAML file of overrides")
+    show.add_argument("--get", default="", help="print only this section.key, e.g. run.output_dir")
+    show.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    show.set_defaults(run=_config)
     demo = sub.add_parser("demo", help="build tiny models and data, train stage 1 on 2 CPU processes")
     demo.add_argument("--out", default="demo_out", help="folder for models, shards and the run")
     demo.add_argument("--nproc", type=int, default=2, help="training processes")
