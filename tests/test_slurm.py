@@ -130,7 +130,9 @@ def assert_finished(job: Job, total: int, restarts: int) -> None:
 
 def assert_same_losses(job: Job, reference: Job) -> None:
     expected = {step: values[0] for step, values in reference.losses().items()}
-    for step, values in job.losses().items():
+    losses = job.losses()
+    assert sorted(losses) == sorted(expected), "the same steps as the uninterrupted one-node job"
+    for step, values in losses.items():
         # fp32 on CPU with a fixed data plan: the same numbers up to float rounding.
         assert values[0] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
 
@@ -139,10 +141,13 @@ def preempt(job: Job, after_step: int, to_batch_shell: bool) -> int:
     """Send SIGUSR1 once training passed ``after_step``; returns the step of the checkpoint it saved."""
     job.wait_step(after_step)
     restarts = int(job.info()["Restarts"])
+    forwarded = job.batch_log.read_text().count("SIGUSR1: forwarding to the ranks")
     target = ["--batch"] if to_batch_shell else []  # the batch shell forwards it, as with --signal=B:USR1@s
     job.cluster.cmd("scancel", *target, "--signal=USR1", job.id)
     job.cluster.wait_job(job.id, lambda i: int(i["Restarts"]) > restarts, JOB_TIMEOUT_S, "a requeue")
-    saved = re.findall(r"train.sbatch: preempted: checkpoint step(\d+)", job.batch_log.read_text())
+    log = job.batch_log.read_text()
+    assert log.count("SIGUSR1: forwarding to the ranks") == forwarded + to_batch_shell, log
+    saved = re.findall(r"train.sbatch: preempted: checkpoint step(\d+)", log)
     assert len(saved) == restarts + 1, job.describe()
     return int(saved[-1])
 
@@ -170,7 +175,6 @@ def test_preempted_job_checkpoints_requeues_and_resumes(clusters, reference, ass
     total = expected_steps(assets)
     assert_finished(job, total, restarts=1)
     log = job.batch_log.read_text()
-    assert "SIGUSR1: forwarding to the ranks" in log
     assert f"resuming from {job.out}/checkpoints/step{saved:08d}" in log
     assert 10 <= saved < total
     assert max(job.logged_steps(restart=0)) == saved
