@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ def test_killed_rank_ends_the_job(clusters, assets, tmp_path):
     timeout_s = 60
     job = submit(clusters.get("two_nodes"), assets, tmp_path, TWO_NODES, **{"engine.timeout_s": timeout_s})
     job.wait_step(3)
-    os.kill(rank_pid(job.id, rank=1), 9)
+    os.kill(rank_pid(job.id, rank=1), signal.SIGKILL)
     killed = time.monotonic()
     info = job.wait_done()
     elapsed = time.monotonic() - killed
@@ -205,6 +206,22 @@ def test_killed_rank_ends_the_job(clusters, assets, tmp_path):
     log = job.batch_log.read_text()
     assert "srun: error: node2: task 1: Killed" in log, log
     assert "train.sbatch: srun exited with status" in log
+
+
+@pytest.mark.slow
+def test_stopped_rank_fails_the_collectives_after_the_timeout(clusters, assets, tmp_path):
+    """A rank that hangs (SIGSTOP) instead of dying: the other rank's collective fails after engine.timeout_s."""
+    timeout_s = 20
+    job = submit(clusters.get("two_nodes"), assets, tmp_path, TWO_NODES, **{"engine.timeout_s": timeout_s})
+    job.wait_step(3)
+    os.kill(rank_pid(job.id, rank=1), signal.SIGSTOP)
+    stopped = time.monotonic()
+    info = job.wait_done()
+    elapsed = time.monotonic() - stopped
+    print(f"job {job.id} ended {elapsed:.1f} s after rank 1 was stopped (engine.timeout_s={timeout_s})")
+    assert info["JobState"] == "FAILED", job.describe()
+    assert timeout_s <= elapsed < timeout_s + 30, job.describe()
+    assert "srun: error: node1: task 0: Exited with exit code" in job.batch_log.read_text(), job.describe()
 
 
 @pytest.mark.slow
