@@ -166,6 +166,7 @@ class SlurmCluster:
             "TaskPlugin=task/none",
             "MpiDefault=none",
             "SchedulerType=sched/backfill",
+            "SchedulerParameters=bf_interval=1,sched_interval=1",  # a requeued job restarts in ~11 s, not ~24
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core",
             "JobAcctGatherType=jobacct_gather/none",
