@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -165,9 +166,9 @@ def test_sbatch_trains_two_ranks_on_one_node(reference, assets):
     total = expected_steps(assets)
     assert_finished(reference, total, restarts=0)
     node = reference.cluster.nodes[0].name
-    port = str(slurm_port(reference.id))
-    assert reference.records() == [("0", "2", node, "127.0.0.1", "slurm", node, port),
-                                   ("1", "2", node, "127.0.0.1", "slurm", node, port)]
+    addr, port = socket.gethostbyname(node), str(slurm_port(reference.id))
+    assert reference.records() == [("0", "2", node, addr, "slurm", node, port),
+                                   ("1", "2", node, addr, "slurm", node, port)]
 
 
 def test_preempted_job_checkpoints_requeues_and_resumes(clusters, reference, assets, tmp_path):
