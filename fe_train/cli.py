@@ -21,6 +21,7 @@ PREEMPTED_EXIT = 75
 def setup_logging(rank: int = 0) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("fe_train.launch").setLevel(logging.INFO)  # every rank says who and where it is
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -41,7 +42,7 @@ def _train(args) -> int:
 
     launch = from_environ()
     setup_logging(launch.rank)
-    logging.getLogger("fe_train").info("%s", launch.describe())
+    logging.getLogger("fe_train.launch").info("%s", launch.describe())
     cfg = Config.load(args.config, args.overrides)
     outcome = runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=args.resume)
     if outcome.state.preempted:
@@ -61,6 +62,23 @@ def _plan(args) -> int:
     setup_logging(0)
     cfg = Config.load(args.config, args.overrides)
     print(describe(workload_for(cfg, args.world_size, args.seq_len), int(args.gpu_gib * GIB)))
+    return 0
+
+
+def _config(args) -> int:
+    """Print the resolved config, or one ``section.key`` of it (the sbatch scripts read run.output_dir)."""
+    import yaml
+
+    from fe_train.config import Config
+
+    tree = Config.load(args.config, args.overrides).to_dict()
+    if not args.get:
+        print(yaml.safe_dump(tree, sort_keys=False), end="")
+        return 0
+    section, _, key = args.get.partition(".")
+    if key not in tree.get(section, {}):
+        raise UserError(f"--get {args.get!r}: expected section.key of the config, e.g. run.output_dir")
+    print(tree[section][key])
     return 0
 
 
@@ -169,6 +187,8 @@ def _verify(args) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fe-train", description="Train FreezeEmpath's non-frozen parts.")
+    # The deepspeed launcher puts --local_rank=N right after `-m fe_train`, before the subcommand.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one stage from a config")
     train.add_argument("--config", required=True, help="YAML file of overrides, e.g. configs/stage1_tiny.yaml")
@@ -191,6 +211,11 @@ def train_main(argv: list[str] | None = None) -> int:
     generate.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     generate.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. generate.batch_size=32")
     generate.set_defaults(run=_generate)
+    show = sub.add_parser("config", help="print the resolved config (defaults, YAML, overrides)")
+    show.add_argument("--config", required=True, help="YAML file of overrides")
+    show.add_argument("--get", default="", help="print only this section.key, e.g. run.output_dir")
+    show.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    show.set_defaults(run=_config)
     demo = sub.add_parser("demo", help="build tiny models and data, train stage 1 on 2 CPU processes")
     demo.add_argument("--out", default="demo_out", help="folder for models, shards and the run")
     demo.add_argument("--nproc", type=int, default=2, help="training processes")
