@@ -49,7 +49,7 @@ class TrainerState:
     nonfinite_skipped: int = 0
     """Micro-batches dropped on every rank because some rank's loss was NaN or inf."""
     preempted: bool = False
-    """The run stopped on a checkpoint signal before its last step (not saved: set on exit)."""
+    """The run stopped on a checkpoint signal before its last step (slurm/train.sbatch reads it to requeue)."""
 
 
 class CheckpointStore:

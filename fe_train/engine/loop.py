@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -25,6 +24,7 @@ from fe_train.data.pipeline import ShardStream, build_loader
 from fe_train.data.plan import EpochPlan, Geometry, Span
 from fe_train.engine.build import all_reduce_sum, barrier
 from fe_train.errors import UserError
+from fe_train.launch import preemption
 from fe_train.tracking.flops import mfu
 from fe_train.tracking.tracker import Tracker
 
@@ -80,18 +80,6 @@ class Meter:
         return metrics
 
 
-class StopRequest:
-    """Set by a checkpoint signal (e.g. SLURM's ``--signal=USR1@120``) on any rank."""
-
-    def __init__(self, names: list[str]):
-        self.flag = False
-        for name in names:
-            signal.signal(getattr(signal, name), self._set)
-
-    def _set(self, signum, frame) -> None:
-        self.flag = True
-
-
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss stayed non-finite); a checkpoint of the last good state was saved."""
 
@@ -123,7 +111,7 @@ class Trainer:
         self.flops, self.peak = flops, peak
         self.skipped: Counter[str] = Counter()
         self.skipped_shards: Counter[str] = Counter()
-        self.stop = StopRequest(cfg.run.checkpoint_signals)
+        preemption.install(cfg.run.checkpoint_signals)
         self.nonfinite_run = 0
         self.keys_log = KeysLog(Path(cfg.run.output_dir) / "keys" / f"rank{launch.rank:05d}.jsonl" if cfg.run.log_keys else None)
 
@@ -166,7 +154,7 @@ class Trainer:
 
     def _agree(self, loss: torch.Tensor) -> tuple[bool, bool]:
         """(any rank's loss is non-finite, any rank got a checkpoint signal): one tiny all-reduce per micro-batch."""
-        flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0, float(self.stop.flag)], device=self.device)
+        flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0, float(preemption.requested())], device=self.device)
         nonfinite, stop = all_reduce_sum(flags).tolist()
         return nonfinite > 0, stop > 0
 
