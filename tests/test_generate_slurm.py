@@ -41,7 +41,8 @@ def manifest(tmp_path_factory):
 def submit(cluster, assets, manifest, tmp) -> tuple[str, object]:
     out = tmp / "replies"
     tmp.mkdir(parents=True, exist_ok=True)  # for the batch log
-    overrides = [f"model.llm_path={assets.llm}", *(f"{k}={v}" for k, v in SAMPLED.items())]
+    # A part per key: the job is still generating when the signal comes, however fast the machine.
+    overrides = [f"model.llm_path={assets.llm}", "generate.batch_size=1", *(f"{k}={v}" for k, v in SAMPLED.items())]
     args = [*CPU, f"--output={tmp}/batch-%j.out", "slurm/generate.sbatch", "distill", str(manifest), str(out),
             "--config", CONFIG, *overrides]
     job_id = cluster.sbatch(args, dist_env(FE_PYTHON=sys.executable), cwd=REPO)
@@ -62,7 +63,7 @@ def test_preempted_generate_job_requeues_and_matches(cluster, assets, manifest, 
 
     tmp = tmp_path / "preempted"
     job_id, out = submit(cluster, assets, manifest, tmp)
-    cluster.wait_job(job_id, lambda i: len(PartStore(out).parts()) >= 8, JOB_TIMEOUT_S, "8 parts")
+    cluster.wait_job(job_id, lambda i: len(PartStore(out).parts()) >= 4, JOB_TIMEOUT_S, "4 parts")
     cluster.cmd("scancel", "--batch", "--signal=USR1", job_id)  # as --signal=B:USR1@s does before the time limit
     cluster.wait_job(job_id, lambda i: int(i["Restarts"]) >= 1, JOB_TIMEOUT_S, "a requeue")
     info = cluster.wait_done(job_id, JOB_TIMEOUT_S)

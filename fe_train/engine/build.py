@@ -59,6 +59,19 @@ class PartitionedBuild:
         self.ds = ds
         self.hf_config = None
 
+    def load_causal_lm(self, path: str, dtype: torch.dtype, activation_checkpointing: bool = False) -> nn.Module:
+        """The frozen LLM: under ZeRO-3 built partitioned, each rank reading only its slices; else a plain load."""
+        from fe_train.model.frozen_llm import load_llm
+
+        if self.ds["zero_optimization"]["stage"] != 3:
+            return load_llm(path, dtype, activation_checkpointing)
+        from fe_train.engine.partitioned_load import load_causal_lm
+
+        llm = load_causal_lm(path, self.ds, dtype, torch.distributed.get_rank())
+        if activation_checkpointing:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return llm
+
     def __enter__(self):
         from transformers.integrations import HfDeepSpeedConfig
 

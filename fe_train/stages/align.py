@@ -17,7 +17,7 @@ from fe_train.data.prompt import PromptLayout
 from fe_train.data.schema import Meta, SampleError
 from fe_train.model.adapter import speech_token_count
 from fe_train.model.freezeempath import FreezeEmpath
-from fe_train.model.frozen_llm import load_llm, load_tokenizer
+from fe_train.model.frozen_llm import load_tokenizer
 from fe_train.model.registry import ADAPTERS, ENCODERS, lookup
 from fe_train.model.speech_encoder import encoder_frames
 
@@ -31,8 +31,7 @@ def build_model(cfg: Config, dtype, partitioned):
     # partitioned (empty) shape and fails; the encoder (0.64B for large-v3) is loaded whole and
     # deepspeed.initialize partitions it.
     encoder = lookup(ENCODERS, m.encoder, "model.encoder")(m.encoder_path, dtype)
-    with partitioned():
-        llm = load_llm(m.llm_path, dtype, m.llm_activation_checkpointing)
+    llm = partitioned().load_causal_lm(m.llm_path, dtype, m.llm_activation_checkpointing)
     adapter = lookup(ADAPTERS, m.adapter, "model.adapter")(encoder.hidden_size, llm.config.hidden_size, m)
     return FreezeEmpath(llm, encoder=encoder, adapter=adapter), load_tokenizer(m.llm_path)
 

@@ -41,7 +41,8 @@ class Recipe(Protocol):
     trains: tuple[str, ...]
 
     def build_model(self, cfg: Config, dtype: torch.dtype, partitioned: Callable) -> tuple[nn.Module, object]:
-        """The model and the LLM tokenizer; large frozen parts are loaded inside ``with partitioned():``."""
+        """The model and the LLM tokenizer. ``partitioned()`` gives a ``PartitionedBuild``: the frozen LLM
+        comes from its ``load_causal_lm``; other large HF models load inside ``with partitioned():``."""
 
     def example_builder(self, cfg: Config, model: nn.Module, tokenizer) -> Callable[[RawSample], Example]:
         """Turns one raw shard sample into an example (raises ``SampleError`` to skip it)."""
