@@ -85,6 +85,61 @@ def _config(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from fe_train.eval.runner import evaluate
+    from fe_train.launch.env import from_environ
+
+    launch = from_environ()
+    setup_logging(launch.rank)
+    result = evaluate(args.task, args.ckpt, args.shards, args.out, launch, args.config, args.overrides)
+    if result is not None:
+        print((Path(args.out) / f"{args.task}.md").read_text(), end="")
+        print(f"results: {Path(args.out) / args.task}.json, .md, .records.jsonl; skipped {result['skipped']}")
+    return 0
+
+
+def _eval_judged(args) -> int:
+    from collections import Counter
+
+    from fe_train.eval.bootstrap import Bootstrap
+    from fe_train.eval.empathy import aggregate, judged_table, read_judged
+    from fe_train.eval.report import write_report
+
+    problems: Counter = Counter()
+    records = read_judged(args.files, problems)
+    result = aggregate(records, Bootstrap(args.resamples, args.confidence, args.seed))
+    if not result:
+        raise UserError(f"{args.files}: no record has a judgement (fill judgements.quality/empathy/style first)")
+    table = judged_table(result)
+    write_report(args.out, "judged", {"files": args.files, "records": len(records), "problems": dict(problems),
+                                      "criteria": result}, table)
+    print(table, end="")
+    print(f"results: {Path(args.out) / 'judged'}.json, .md; unreadable lines {dict(problems)}")
+    return 0
+
+
+def _add_eval(sub) -> None:
+    evaluation = sub.add_parser("eval", help="evaluate checkpoints: spokenqa; judged (aggregate judge scores)")
+    tasks = evaluation.add_subparsers(dest="task", required=True)
+    for name, text in (("spokenqa", "spoken questions with gold answers: correct when a normalised answer is in the reply"),):
+        task = tasks.add_parser(name, help=text)
+        task.add_argument("--ckpt", action="append", required=True,
+                          help="a run's output directory (config.yaml + export/); repeat for runs of separate stages")
+        task.add_argument("--shards", required=True, help="test shards (directory, brace pattern or glob)")
+        task.add_argument("--out", required=True, help="directory for <task>.json, <task>.md, <task>.records.jsonl")
+        task.add_argument("--config", default=None, help="YAML overrides on the checkpoints' config (eval.*, prompt.*)")
+        task.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+        task.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. eval.batch_size=16")
+        task.set_defaults(run=_eval)
+    judged = tasks.add_parser("judged", help="aggregate judged empathy records (judgements filled in) with CIs")
+    judged.add_argument("files", nargs="+", help="jsonl files of fe-train eval empathy with judgements filled in")
+    judged.add_argument("--out", required=True, help="directory for judged.json and judged.md")
+    judged.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    judged.add_argument("--confidence", type=float, default=0.95, help="coverage of the intervals")
+    judged.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    judged.set_defaults(run=_eval_judged)
+
+
 def _demo(args) -> int:
     from fe_train.demo import run_demo
 
@@ -214,6 +269,7 @@ def train_main(argv: list[str] | None = None) -> int:
     generate.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     generate.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. generate.batch_size=32")
     generate.set_defaults(run=_generate)
+    _add_eval(sub)
     show = sub.add_parser("config", help="print the resolved config (defaults, YAML, overrides)")
     show.add_argument("--config", required=True, help="YAML file of overrides")
     show.add_argument("--get", default="", help="print only this section.key, e.g. run.output_dir")
