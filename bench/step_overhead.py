@@ -2,11 +2,13 @@
 
     torchrun --nproc_per_node 2 bench/step_overhead.py OUT.json CONFIG [overrides...]
 
-One launch, one engine, one model, one micro batch and config. Before training, a
-minimal loop (engine(batch); engine.backward(loss); engine.step() over micro-batches
-already collated in memory) is timed; then fe-train's Trainer runs (its DataLoader
-workers, agreement all-reduce, metering, logging); after it, the minimal loop again.
-Per optimizer step, medians; the ratio fe-train / minimal is the overhead (goal <= 1.05).
+One launch, one engine, one model, one micro batch and config, one data stream. Before
+training, a minimal loop (for batch in DataLoader: engine(batch); engine.backward(loss);
+engine.step()) is timed; then fe-train's Trainer runs (agreement all-reduce, metering,
+logging, the checkpoint-signal check); after it, the minimal loop again. Both read the
+same DataLoader over the same shards, so the ratio isolates the training loop's own
+overhead (the data pipeline has its own benchmark, bench/data_pipeline.py). Per
+optimizer step, medians; the ratio fe-train / minimal is the overhead (goal <= 1.05).
 """
 
 from __future__ import annotations
@@ -32,17 +34,16 @@ launch = from_environ()
 setup_logging(launch.rank)
 cfg = Config.load(config_path, overrides)
 timings: dict[str, list[float]] = {"minimal": [], "fe_train": []}
-cached: list[dict] = []
 
 
-def minimal_loop(trainer, steps: int) -> None:
+def minimal_loop(trainer, epoch: int) -> None:
     engine = trainer.engine
     accumulation = engine.gradient_accumulation_steps()
+    trainer.stream.set_epoch(epoch)
     barrier()
     last = time.perf_counter()
-    for n in range(steps * accumulation):
-        batch = cached[n % len(cached)]
-        loss = engine(batch)["loss"]
+    for n, batch in enumerate(build_loader(trainer.stream)):
+        loss = engine(to_device(batch, trainer.device))["loss"]
         engine.backward(loss)
         engine.step()
         if (n + 1) % accumulation == 0:
@@ -52,10 +53,7 @@ def minimal_loop(trainer, steps: int) -> None:
 
 
 def before(trainer):
-    trainer.stream.set_epoch(0)
-    for batch in build_loader(trainer.stream):
-        cached.append(to_device(batch, trainer.device))
-    minimal_loop(trainer, steps=20)
+    minimal_loop(trainer, epoch=100)
     step = trainer.engine.step
     state = {"last": None}
 
@@ -74,7 +72,7 @@ def before(trainer):
 
 def after(trainer):
     trainer.engine.step = type(trainer.engine).step.__get__(trainer.engine)
-    minimal_loop(trainer, steps=20)
+    minimal_loop(trainer, epoch=101)
 
 
 runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=False, hooks=runner.Hooks(before, after))
