@@ -235,6 +235,7 @@ class GenerateConfig:
 
 
 EVAL_PLACEMENTS = ("replicate", "zero3")
+EVAL_CONTROLS = ("speech", "transcript")
 
 
 @dataclass
@@ -257,6 +258,12 @@ class EvalConfig:
     """Seed of the bootstrap (and of the random-label control)."""
     vocoder: str = ""
     """Turns speech units into a wav: ``module:callable`` or the name of an ``fe_train.vocoders`` entry point ('' for none)."""
+    control: str = "speech"
+    """What the model is given: speech (the audio under prompt.user_speech) or transcript (the text under prompt.user_text)."""
+    controls: list = field(default_factory=lambda: ["speech", "transcript"])
+    """The controls ``fe-train eval ablate`` compares, one table row each."""
+    ser_user: str = "<speech> Is the speaker angry, surprised, happy, sad or neutral?"
+    """User turn of ``fe-train eval ser``: the reply's first emotion word is the prediction."""
 
     def __post_init__(self):
         _require(isinstance(self.tasks, list) and all(isinstance(t, str) for t in self.tasks), "eval.tasks", self.tasks,
@@ -265,6 +272,9 @@ class EvalConfig:
             _require(getattr(self, key) >= 1, f"eval.{key}", getattr(self, key), "an integer >= 1")
         _require(self.placement in EVAL_PLACEMENTS, "eval.placement", self.placement, f"one of {EVAL_PLACEMENTS}")
         _require(0.0 < self.confidence < 1.0, "eval.confidence", self.confidence, "a fraction in (0, 1)")
+        _require(self.control in EVAL_CONTROLS, "eval.control", self.control, f"one of {EVAL_CONTROLS}")
+        _require(isinstance(self.controls, list) and bool(self.controls) and set(self.controls) <= set(EVAL_CONTROLS),
+                 "eval.controls", self.controls, f"a non-empty list of {EVAL_CONTROLS}")
 
 
 @dataclass

@@ -11,36 +11,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from eval_runs import QA_ITEMS
 
-from conftest import REPO, cached_build, stage1_overrides, torchrun
+from conftest import torchrun
 from fe_train.cli import train_main
 from fe_train.tracking.tracker import read_metrics
 
-CONFIG = str(REPO / "configs" / "stage1_tiny.yaml")
-QA_ITEMS = 37
-TRAIN_SOURCES = ("fe_train", "configs/stage1_tiny.yaml", "ds_configs/zero3_tiny.json")
-
-
-@pytest.fixture(scope="module")
-def qa_shards(assets):
-    from fe_train.data import synthetic
-    from fe_train.fixtures.spokenqa_shards import write_spokenqa_shards
-
-    return cached_build("spokenqa_shards", lambda out: write_spokenqa_shards(out, synthetic.VOICES[6:], limit=QA_ITEMS))
-
-
-@pytest.fixture(scope="module")
-def stage1_run(assets, qa_shards):
-    """Stage 1 on 2 ranks with SpokenQA evaluated during training (cached per source digest: ~2 min to build)."""
-
-    def train(out):
-        overrides = stage1_overrides(assets, out / "run", **{
-            "train.epochs": 4, "train.eval_every": 40, "data.eval_shards": qa_shards,
-            "eval.tasks": "[spokenqa]", "eval.batch_size": 4, "eval.max_new_tokens": 12})
-        proc = torchrun(["-m", "fe_train", "train", "--config", CONFIG, *overrides])
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-
-    return cached_build("stage1_qa_run", train, sources=TRAIN_SOURCES) / "run"
+pytest_plugins = ("eval_runs",)  # qa_shards, stage1_run
 
 
 def test_training_evaluates_spokenqa_on_every_rank_with_exact_totals(stage1_run):

@@ -19,7 +19,7 @@ import torch
 from fe_train.config import Config
 from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.prompt import PromptLayout
-from fe_train.data.schema import Meta
+from fe_train.data.schema import Meta, SampleError
 from fe_train.eval.bootstrap import Bootstrap
 from fe_train.generate.replies import Sampling, decode, eos_ids
 from fe_train.stages.align import SpeechInput
@@ -30,14 +30,25 @@ def bootstrap_of(cfg: Config) -> Bootstrap:
 
 
 class SpokenPrompt:
-    """A sample's audio in the checkpoint's prompt (``prompt.system``, ``prompt.user_speech``), without a reply."""
+    """A sample in the checkpoint's prompt (``prompt.system``, ``prompt.user_speech``), without a reply.
+
+    ``eval.control`` decides what fills the user turn's ``<speech>``: ``speech``, the
+    adapter's tokens of the sample's audio; ``transcript``, the sample's ``text``
+    written in its place (no audio: the frozen LLM's answer to the words alone).
+    """
 
     def __init__(self, cfg: Config, model, tokenizer, user: str | None = None):
         self.layout = PromptLayout(tokenizer, cfg.prompt.system, cfg.prompt.max_reply_tokens)
         self.speech = SpeechInput(cfg, model.encoder.n_mels, model.encoder.n_frames)
         self.user = cfg.prompt.user_speech if user is None else user
+        self.control = cfg.eval.control
 
     def example(self, raw: RawSample, meta: Meta, fields: dict) -> Example:
+        if self.control == "transcript":
+            if not meta.text:
+                raise SampleError("missing_field:text")
+            layout = self.layout.build(self.user.replace("<speech>", meta.text), {"<emotion>": 1}, None)
+            return Example(meta.key, {"layout": layout, **fields})
         mel, n_tokens = self.speech(raw)
         layout = self.layout.build(self.user, {"<speech>": n_tokens, "<emotion>": 1}, None)
         return Example(meta.key, {"layout": layout, "mel": mel, **fields})
@@ -76,9 +87,11 @@ def run_task(task, model, batches: Iterable[dict], device: torch.device) -> tupl
 
 def task_class(name: str):
     from fe_train.errors import UserError
+    from fe_train.eval.empathy_replies import EmpathyTask
+    from fe_train.eval.ser import SERTask
     from fe_train.eval.spokenqa import SpokenQATask
 
-    tasks = {"spokenqa": SpokenQATask}
+    tasks = {"spokenqa": SpokenQATask, "ser": SERTask, "empathy": EmpathyTask}
     if name not in tasks:
         raise UserError(f"evaluation task {name!r}: expected one of {sorted(tasks)}")
     return tasks[name]
