@@ -126,7 +126,7 @@ def _infer(args) -> int:
 def _add_infer(sub) -> None:
     infer = sub.add_parser("infer", help="reply to one audio file: recognised emotion, reply text, speech units")
     infer.add_argument("--ckpt", action="append", required=True, help="a run's output directory; repeat for each stage")
-    infer.add_argument("audio", help="speech file (wav, flac, ...), at most 30 s")
+    infer.add_argument("audio", help="speech file (wav, flac, ...), at most 30 s; options before it, overrides after")
     infer.add_argument("--out", default="infer_out", help="directory for infer.json, the units and the wav")
     infer.add_argument("--config", default=None, help="YAML overrides on the checkpoints' config (eval.*, prompt.*)")
     infer.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. eval.vocoder=my_pkg:vocode")

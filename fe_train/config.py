@@ -235,7 +235,7 @@ class GenerateConfig:
 
 
 EVAL_PLACEMENTS = ("replicate", "zero3")
-EVAL_CONTROLS = ("speech", "transcript")
+EVAL_CONTROLS = ("speech", "transcript", "gold_label", "random_label")
 
 
 @dataclass
@@ -259,7 +259,8 @@ class EvalConfig:
     vocoder: str = ""
     """Turns speech units into a wav: ``module:callable`` or the name of an ``fe_train.vocoders`` entry point ('' for none)."""
     control: str = "speech"
-    """What the model is given: speech (the audio under prompt.user_speech) or transcript (the text under prompt.user_text)."""
+    """What fills the user turn: speech (the audio), transcript (the text in place of <speech>), gold_label or
+    random_label (the audio, and a label word in place of <emotion>); see fe_train.eval.controls."""
     controls: list = field(default_factory=lambda: ["speech", "transcript"])
     """The controls ``fe-train eval ablate`` compares, one table row each."""
     ser_user: str = "<speech> Is the speaker angry, surprised, happy, sad or neutral?"

@@ -8,11 +8,13 @@ emotion label (given round-robin, not heard in the audio).
 from __future__ import annotations
 
 import json
+import types
 from collections import Counter
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from eval_runs import QA_ITEMS, QA_VOICES
 
 from fe_train.cli import train_main
@@ -96,7 +98,7 @@ def test_infer_on_an_espeak_wav_replies_as_the_evaluation_did(stage1_run, qa_sha
     voice, question = synthetic.VOICES[QA_VOICES][0], synthetic.instructions()[2]
     wav = tmp_path / "question.wav"
     sf.write(wav, synthetic.speak(question.text, voice), synthetic.SAMPLE_RATE_HZ, subtype="PCM_16")
-    assert train_main(["infer", "--ckpt", str(stage1_run), str(wav), "--out", str(tmp_path / "out"),
+    assert train_main(["infer", "--ckpt", str(stage1_run), "--out", str(tmp_path / "out"), str(wav),
                        "eval.max_new_tokens=12"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((tmp_path / "out" / "infer.json").read_text())
@@ -129,3 +131,41 @@ def test_vocoder_plug_in_point(tmp_path):
     path = write_wave(vocoder, np.array([3, 1, 4]), tmp_path / "reply.wav")
     wave, rate = sf.read(path)
     assert rate == 8000 and len(wave) == 3 * 80 and np.abs(wave).max() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_label_controls_write_the_label_word_and_transcript_drops_the_audio(assets, qa_shards):
+    from fe_train.config import EVAL_CONTROLS, Config
+    from fe_train.data.pipeline import iter_shard, resolve_shards
+    from fe_train.eval.controls import CONTROLS, random_label
+    from fe_train.eval.tasks import SpokenPrompt
+    from fe_train.model.frozen_llm import load_tokenizer
+    from fe_train.model.registry import ENCODERS
+    from fe_train.stages.align import read_meta
+
+    assert tuple(CONTROLS) == EVAL_CONTROLS
+    tokenizer = load_tokenizer(str(assets.llm))
+    model = types.SimpleNamespace(encoder=ENCODERS["whisper"](str(assets.whisper), torch.float32))
+    raws = [raw for shard in resolve_shards(str(qa_shards), "--shards") for _, raw in iter_shard(shard.url)]
+    assert len(raws) == QA_ITEMS
+    user = "<speech>(with a <emotion> emotional tone). How do I sound?"
+
+    def prompts(control: str, n: int = 8) -> list:  # the first n: each log-mel costs ~0.2 s
+        cfg = Config.load(None, [f"eval.control={control}", "eval.seed=3"])
+        prompt = SpokenPrompt(cfg, model, tokenizer, user=user)
+        return [prompt.example(raw, read_meta(raw), {}) for raw in raws[:n]]
+
+    metas = [read_meta(raw) for raw in raws]
+    for control in ("gold_label", "random_label"):
+        examples = prompts(control)
+        words = [m.emotion if control == "gold_label" else random_label(m.key, 3) for m in metas[:len(examples)]]
+        for example, word in zip(examples, words):
+            assert f"(with a {word} emotional tone)" in tokenizer.decode(example.fields["layout"].input_ids)
+            assert "mel" in example.fields
+    drawn = [random_label(m.key, 3) for m in metas]
+    assert drawn == [random_label(m.key, 3) for m in metas] and len(set(drawn)) >= 4  # reproducible, every class drawn
+    assert sum(d == m.emotion for d, m in zip(drawn, metas)) < QA_ITEMS / 2  # near chance (1/5), not the gold label
+    transcript = prompts("transcript")
+    assert all("mel" not in ex.fields for ex in transcript)
+    assert metas[0].text in tokenizer.decode(transcript[0].fields["layout"].input_ids)
+    with pytest.raises(UserError, match="has no <emotion> for the label word"):
+        SpokenPrompt(Config.load(None, ["eval.control=gold_label"]), model, tokenizer, user="<speech>")

@@ -89,9 +89,10 @@ def write_outputs(task, records: list[dict], skipped: Counter, out_dir: str, con
         raise UserError(f"no sample of {context['shards']} could be scored (skipped by reason: {dict(skipped)})")
     result, table = task.summarize(records)
     result = {"task": task.name, **context, "skipped": dict(skipped), "repeated_keys": repeated_keys(records), **result}
-    write_report(out_dir, task.name, result, table)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     if hasattr(task, "figures"):
         result["figures"] = [str(path) for path in task.figures(result, Path(out_dir))]
+    write_report(out_dir, task.name, result, table)
     with open(Path(out_dir) / f"{task.name}.records.jsonl", "w", encoding="utf-8") as stream:
         stream.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     log.info("%s: %d items scored, %d skipped %s; results in %s", task.name, len(records), sum(skipped.values()),

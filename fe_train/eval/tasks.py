@@ -19,8 +19,9 @@ import torch
 from fe_train.config import Config
 from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.prompt import PromptLayout
-from fe_train.data.schema import Meta, SampleError
+from fe_train.data.schema import Meta
 from fe_train.eval.bootstrap import Bootstrap
+from fe_train.eval.controls import CONTROLS, check_control
 from fe_train.generate.replies import Sampling, decode, eos_ids
 from fe_train.stages.align import SpeechInput
 
@@ -32,26 +33,23 @@ def bootstrap_of(cfg: Config) -> Bootstrap:
 class SpokenPrompt:
     """A sample in the checkpoint's prompt (``prompt.system``, ``prompt.user_speech``), without a reply.
 
-    ``eval.control`` decides what fills the user turn's ``<speech>``: ``speech``, the
-    adapter's tokens of the sample's audio; ``transcript``, the sample's ``text``
-    written in its place (no audio: the frozen LLM's answer to the words alone).
+    ``eval.control`` (``fe_train.eval.controls``) decides what fills the user turn's
+    ``<speech>`` and ``<emotion>``: the audio, the transcript, a label word.
     """
 
     def __init__(self, cfg: Config, model, tokenizer, user: str | None = None):
         self.layout = PromptLayout(tokenizer, cfg.prompt.system, cfg.prompt.max_reply_tokens)
         self.speech = SpeechInput(cfg, model.encoder.n_mels, model.encoder.n_frames)
         self.user = cfg.prompt.user_speech if user is None else user
-        self.control = cfg.eval.control
+        self.control, self.seed = cfg.eval.control, cfg.eval.seed
+        check_control(self.control, self.user)
 
     def example(self, raw: RawSample, meta: Meta, fields: dict) -> Example:
-        if self.control == "transcript":
-            if not meta.text:
-                raise SampleError("missing_field:text")
-            layout = self.layout.build(self.user.replace("<speech>", meta.text), {"<emotion>": 1}, None)
-            return Example(meta.key, {"layout": layout, **fields})
-        mel, n_tokens = self.speech(raw)
-        layout = self.layout.build(self.user, {"<speech>": n_tokens, "<emotion>": 1}, None)
-        return Example(meta.key, {"layout": layout, "mel": mel, **fields})
+        user, audio = CONTROLS[self.control](self.user, meta, self.seed)
+        slots, fields = {"<emotion>": 1}, dict(fields)
+        if audio:
+            fields["mel"], slots["<speech>"] = self.speech(raw)
+        return Example(meta.key, {"layout": self.layout.build(user, slots, None), **fields})
 
 
 class Replier:
