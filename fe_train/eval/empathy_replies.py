@@ -5,7 +5,7 @@ record of ``fe_train.eval.empathy.judge_record`` (instruction, emotion, reply, t
 judge prompts, empty ``judgements``) to ``empathy.records.jsonl``. The emotion the
 judge is told is the clip's gold ``emotion``, else the ``pseudo_emotion`` its
 instruction was voiced with; an item with neither is judged without one
-(``emotion`` '' ). Without a speech decoder in the checkpoints there is no spoken
+(``emotion`` is ''). Without a speech decoder in the checkpoints there is no spoken
 reply, so no ``style`` prompt. The summary counts the items per emotion; the
 scores come from ``fe-train eval judged`` once the judge has answered.
 """
