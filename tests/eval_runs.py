@@ -13,7 +13,7 @@ CONFIG = str(REPO / "configs" / "stage1_tiny.yaml")
 QA_ITEMS = 37
 """Not a multiple of the world size (2) nor of the batch size (4)."""
 QA_VOICES = slice(6, None)
-TRAIN_SOURCES = ("fe_train", "configs/stage1_tiny.yaml", "ds_configs/zero3_tiny.json")
+TRAIN_SOURCES = ("fe_train", "configs/stage1_tiny.yaml", "ds_configs/zero3_tiny.json", "tests/eval_runs.py", "tests/conftest.py")
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +26,11 @@ def qa_shards(assets):
 
 @pytest.fixture(scope="module")
 def stage1_run(assets, qa_shards):
-    """Stage 1 on 2 ranks with SpokenQA evaluated during training (cached per source digest: ~2 min to build)."""
+    """Stage 1 on 2 ranks with SpokenQA evaluated during training (72 steps; cached per source digest: ~1.5 min to build)."""
 
     def train(out):
         overrides = stage1_overrides(assets, out / "run", **{
-            "train.epochs": 4, "train.eval_every": 40, "data.eval_shards": qa_shards,
+            "train.epochs": 2, "train.eval_every": 40, "data.eval_shards": qa_shards,
             "eval.tasks": "[spokenqa]", "eval.batch_size": 4, "eval.max_new_tokens": 12})
         proc = torchrun(["-m", "fe_train", "train", "--config", CONFIG, *overrides])
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
