@@ -214,6 +214,10 @@ def train_main(argv: list[str] | None = None) -> int:
     generate.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     generate.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. generate.batch_size=32")
     generate.set_defaults(run=_generate)
+    from fe_train.eval.commands import add_eval, add_infer
+
+    add_eval(sub)
+    add_infer(sub)
     show = sub.add_parser("config", help="print the resolved config (defaults, YAML, overrides)")
     show.add_argument("--config", required=True, help="YAML file of overrides")
     show.add_argument("--get", default="", help="print only this section.key, e.g. run.output_dir")

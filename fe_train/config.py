@@ -234,6 +234,50 @@ class GenerateConfig:
                  f"{len(EMOTIONS)} non-negative numbers, not all zero, in the order {list(EMOTIONS)}")
 
 
+EVAL_PLACEMENTS = ("replicate", "zero3")
+EVAL_CONTROLS = ("speech", "transcript", "gold_label", "random_label")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation (``fe-train eval``, ``fe-train infer``) and the generation-based metrics of training."""
+
+    tasks: list = field(default_factory=list)
+    """Generation-based evaluations run with the eval loss at ``train.eval_every`` on data.eval_shards (e.g. [spokenqa])."""
+    batch_size: int = 8
+    """Items per rank per generate call."""
+    max_new_tokens: int = 64
+    """Reply tokens generated at most (greedy)."""
+    placement: str = "replicate"
+    """replicate: a whole model per rank; zero3: the frozen LLM partitioned over the ranks (policy: engine.ds_config)."""
+    bootstrap_resamples: int = 1000
+    """Resamples of the bootstrap confidence intervals."""
+    confidence: float = 0.95
+    """Coverage of the confidence intervals."""
+    seed: int = 0
+    """Seed of the bootstrap (and of the random-label control)."""
+    vocoder: str = ""
+    """Turns speech units into a wav: ``module:callable`` or the name of an ``fe_train.vocoders`` entry point ('' for none)."""
+    control: str = "speech"
+    """What fills the user turn: speech (the audio), transcript (the text in place of <speech>), gold_label or
+    random_label (the audio, and a label word in place of <emotion>); see fe_train.eval.controls."""
+    controls: list = field(default_factory=lambda: ["speech", "transcript"])
+    """The controls ``fe-train eval ablate`` compares, one table row each."""
+    ser_user: str = "<speech> Is the speaker angry, surprised, happy, sad or neutral?"
+    """User turn of ``fe-train eval ser``: the reply's first emotion word is the prediction."""
+
+    def __post_init__(self):
+        _require(isinstance(self.tasks, list) and all(isinstance(t, str) for t in self.tasks), "eval.tasks", self.tasks,
+                 "a list of task names")
+        for key in ("batch_size", "max_new_tokens", "bootstrap_resamples"):
+            _require(getattr(self, key) >= 1, f"eval.{key}", getattr(self, key), "an integer >= 1")
+        _require(self.placement in EVAL_PLACEMENTS, "eval.placement", self.placement, f"one of {EVAL_PLACEMENTS}")
+        _require(0.0 < self.confidence < 1.0, "eval.confidence", self.confidence, "a fraction in (0, 1)")
+        _require(self.control in EVAL_CONTROLS, "eval.control", self.control, f"one of {EVAL_CONTROLS}")
+        _require(isinstance(self.controls, list) and bool(self.controls) and set(self.controls) <= set(EVAL_CONTROLS),
+                 "eval.controls", self.controls, f"a non-empty list of {EVAL_CONTROLS}")
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -243,6 +287,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     run: RunConfig = field(default_factory=RunConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
@@ -250,15 +295,7 @@ class Config:
         tree: dict[str, Any] = {}
         if path is not None:
             tree = read_yaml(path)
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            if not sep or "." not in key:
-                raise UserError(f"override {item!r}: expected section.key=value, e.g. train.lr=1e-4")
-            section, _, name = key.partition(".")
-            tree.setdefault(section, {})
-            if not isinstance(tree[section], dict):
-                raise UserError(f"override {item!r}: {section!r} is not a section")
-            tree[section][name] = yaml.safe_load(value) if value else ""
+        merge_overrides(tree, overrides)
         return from_tree(cls, tree, where=str(path) if path else "overrides")
 
     def to_dict(self) -> dict[str, Any]:
@@ -271,6 +308,20 @@ class Config:
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         os.replace(tmp, path)
+
+
+def merge_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Write ``section.key=value`` overrides into a config tree (values parsed as YAML)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise UserError(f"override {item!r}: expected section.key=value, e.g. train.lr=1e-4")
+        section, _, name = key.partition(".")
+        tree.setdefault(section, {})
+        if not isinstance(tree[section], dict):
+            raise UserError(f"override {item!r}: {section!r} is not a section")
+        tree[section][name] = yaml.safe_load(value) if value else ""
+    return tree
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:

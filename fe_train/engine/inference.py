@@ -26,10 +26,17 @@ def zero3_inference(load: Callable[[], nn.Module], policy_path: str, dtype: torc
     offload only (DeepSpeedZeRoOffload); the engine's ``__del__`` removes its hooks.
     https://deepspeed.readthedocs.io/en/latest/zero3.html
     """
+    ds = inference_config(policy_path, dtype, micro_batch_size, world_size, "generate.llm_placement=zero3")
+    with PartitionedBuild(ds):
+        llm = load()
+    return inference_engine(llm, ds)
+
+
+def inference_config(policy_path: str, dtype: torch.dtype, micro_batch_size: int, world_size: int, use: str) -> dict:
+    """The ZeRO-3 policy of ``policy_path`` with the numbers of an inference run (no optimizer, no accumulation)."""
     ds = ds_config.read_policy(policy_path)
     if ds["zero_optimization"]["stage"] != 3:
-        raise UserError(f"config engine.ds_config = {policy_path!r}: expected zero_optimization.stage 3 for "
-                        "generate.llm_placement=zero3")
+        raise UserError(f"config engine.ds_config = {policy_path!r}: expected zero_optimization.stage 3 for {use}")
     ds.update(
         train_micro_batch_size_per_gpu=micro_batch_size,
         train_batch_size=micro_batch_size * world_size,
@@ -37,8 +44,11 @@ def zero3_inference(load: Callable[[], nn.Module], policy_path: str, dtype: torc
         bf16={"enabled": dtype == torch.bfloat16},
         steps_per_print=2**31 - 1,
     )
-    with PartitionedBuild(ds):
-        llm = load()
-    engine, *_ = deepspeed.initialize(model=llm, config=ds, dist_init_required=False)
+    return ds
+
+
+def inference_engine(model: nn.Module, ds: dict):
+    """A DeepSpeed engine without optimizer around ``model``, whose large parts were built under ``PartitionedBuild(ds)``."""
+    engine, *_ = deepspeed.initialize(model=model, config=ds, dist_init_required=False)
     engine.module.eval()
     return engine

@@ -103,8 +103,10 @@ class KeysLog:
 class Trainer:
     def __init__(self, engine, stream: ShardStream, eval_stream: ShardStream | None, cfg: Config, launch, device,
                  tracker: Tracker, store: CheckpointStore, state: TrainerState, shards_digest: str,
-                 flops=None, peak: float = 0.0):
+                 flops=None, peak: float = 0.0, evaluators=()):
         self.engine, self.stream, self.eval_stream = engine, stream, eval_stream
+        self.evaluators = list(evaluators)
+        """Callables ``(model, device) -> metrics`` run (collectively) after the eval loss: generation-based metrics."""
         self.cfg, self.launch, self.device = cfg, launch, device
         self.tracker, self.store, self.state = tracker, store, state
         self.state.shards_digest = shards_digest
@@ -249,6 +251,8 @@ class Trainer:
             meter.add(self.engine(to_device(batch, self.device)), batch)
         metrics = meter.reduce(self.device, "eval")
         metrics.pop("eval/samples_per_s")
+        for evaluator in self.evaluators:
+            metrics.update(evaluator(self.engine.module, self.device))
         self.engine.train()
         self.tracker.log(self.state.step, metrics)
         return metrics

@@ -56,29 +56,37 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
-@torch.no_grad()
-def generate_batch(llm, rows: list[list[int]], sampling: Sampling, eos: list[int], pad_id: int,
-                   synced: bool = False) -> list[Reply]:
-    """One ``generate`` call over prompt id rows. ``synced``: keep stepping until every rank is done (ZeRO-3)."""
+def generation_config(sampling: Sampling, eos: list[int], pad_id: int):
+    """Every decoding setting explicit, so that a model's generation_config.json cannot change one."""
     from transformers import GenerationConfig
 
-    config = GenerationConfig(
+    return GenerationConfig(
         max_new_tokens=sampling.max_new_tokens, do_sample=sampling.do_sample, num_beams=1, use_cache=True,
         temperature=sampling.temperature if sampling.do_sample else 1.0,
         top_p=sampling.top_p if sampling.do_sample else 1.0,
         top_k=sampling.top_k if sampling.do_sample else 0,
         repetition_penalty=sampling.repetition_penalty, eos_token_id=eos, pad_token_id=pad_id,
     )
-    ids, mask = left_pad(rows, pad_id)
-    device = next(llm.parameters()).device
-    out = llm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                       synced_gpus=synced)
-    new = out[:, ids.shape[1]:].tolist()  # (B, new tokens): rows that ended early are filled with pad_id
+
+
+def cut_replies(new: list[list[int]], eos: list[int]) -> list[Reply]:
+    """Generated rows (rows that ended early are filled with pad ids) -> replies up to their first end id."""
     replies = []
     for row in new:
         end = next((i for i, token in enumerate(row) if token in eos), None)
         replies.append(Reply(row if end is None else row[:end], end is not None))
     return replies
+
+
+@torch.no_grad()
+def generate_batch(llm, rows: list[list[int]], sampling: Sampling, eos: list[int], pad_id: int,
+                   synced: bool = False) -> list[Reply]:
+    """One ``generate`` call over prompt id rows. ``synced``: keep stepping until every rank is done (ZeRO-3)."""
+    ids, mask = left_pad(rows, pad_id)
+    device = next(llm.parameters()).device
+    out = llm.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       generation_config=generation_config(sampling, eos, pad_id), synced_gpus=synced)
+    return cut_replies(out[:, ids.shape[1]:].tolist(), eos)  # (B, new tokens)
 
 
 def decode(tokenizer, reply: Reply) -> str:

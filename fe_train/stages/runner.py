@@ -27,6 +27,7 @@ from fe_train.engine.export import export_modules
 from fe_train.engine.loop import Trainer, total_steps
 from fe_train.engine.universal import convert, enable_universal_load
 from fe_train.errors import UserError
+from fe_train.eval.runner import training_evaluators
 from fe_train.launch.env import LaunchEnv
 from fe_train.model.freezing import set_trainable
 from fe_train.tracking.flops import FlopCounter, peak_flops
@@ -137,8 +138,9 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: 
         cfg.save(out / "config.yaml")
     tracker = Tracker(cfg, out, launch.is_main, wandb_id=state.wandb_id)
     flops = FlopCounter.for_model(model, llm_backward=getattr(recipe, "llm_backward", True))
+    evaluators = training_evaluators(cfg, model, tokenizer, eval_shards, launch)
     trainer = Trainer(engine, stream, eval_stream, cfg, launch, device, tracker, store, state, digest,
-                      flops=flops.micro_batch, peak=peak_flops(device, cfg.run.peak_tflops))
+                      flops=flops.micro_batch, peak=peak_flops(device, cfg.run.peak_tflops), evaluators=evaluators)
     if hooks.before_train is not None:
         hooks.before_train(trainer)
     state = trainer.fit()

@@ -1,0 +1,89 @@
+"""Speech emotion recognition by the reply's label word: ``fe-train eval ser``.
+
+Each clip with a gold ``emotion`` is put to the model under ``eval.ser_user`` (by
+default "<speech> Is the speaker angry, surprised, happy, sad or neutral?"); the
+prediction is the first emotion word of the reply after SpokenQA normalisation,
+in any of its forms (``WORDS``: "anger" and "angry" both name angry). A reply
+that names none is counted in the confusion matrix's ``none`` column; a negation
+("not angry") is not understood and reads as the word it negates.
+
+The auxiliary head's prediction (stage 2a's ``ser_head``) is a second reader of
+the same records (``READERS``); the model assembled from stage-1 and stage-3
+checkpoints has no head, so only the word is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fe_train.config import EMOTIONS, Config
+from fe_train.data.pipeline import Example, RawSample
+from fe_train.data.schema import SampleError
+from fe_train.eval.assembly import speech_llm
+from fe_train.eval.confusion import plot_confusion
+from fe_train.eval.gather import real_rows
+from fe_train.eval.report import markdown_table, percent
+from fe_train.eval.ser_metrics import predictions_from, ser_metrics
+from fe_train.eval.spokenqa import normalize
+from fe_train.eval.tasks import Replier, SpokenPrompt, bootstrap_of
+from fe_train.stages.align import read_meta
+
+WORDS = {"angry": "angry", "anger": "angry", "surprised": "surprised", "surprise": "surprised", "happy": "happy",
+         "happiness": "happy", "joy": "happy", "sad": "sad", "sadness": "sad", "neutral": "neutral"}
+"""Normalised reply word -> the class it names."""
+READERS = ("word",)
+"""Record fields holding a prediction; ``head`` joins when the model has an SER head."""
+
+
+def label_word(reply: str) -> str | None:
+    """The class named by the first emotion word of ``reply`` (None: no emotion word)."""
+    return next((WORDS[w] for w in normalize(reply) if w in WORDS), None)
+
+
+def ser_table(result: dict) -> str:
+    rows = []
+    for reader, metrics in result["readers"].items():
+        for name, corpus in metrics["corpora"].items():
+            rows.append((reader, name, corpus["clips"], percent(corpus["wa"]), percent(corpus["ua"])))
+        average = metrics["corpus_average"]
+        rows.append((reader, "average over corpora", metrics["clips"], percent(average["wa"]), percent(average["ua"])))
+    return markdown_table(("reader", "corpus", "clips", "WA % [95% CI]", "UA % [95% CI]"), rows)
+
+
+class SERTask:
+    """Clips with a gold ``emotion``: WA and UA of the reply's label word, per corpus and averaged."""
+
+    name = "ser"
+
+    def __init__(self, cfg: Config, model, tokenizer, synced: bool):
+        self.cfg = cfg
+        self.prompt = SpokenPrompt(cfg, speech_llm(model), tokenizer, user=cfg.eval.ser_user)
+        self.replier = Replier(cfg, speech_llm(model), tokenizer, synced)
+
+    def build(self, raw: RawSample) -> Example:
+        meta = read_meta(raw)
+        if not meta.emotion:
+            raise SampleError("missing_field:emotion")
+        return self.prompt.example(raw, meta, {"label": meta.emotion, "corpus": meta.corpus or "unknown"})
+
+    def score(self, model, batch: dict) -> list[dict]:
+        replies = self.replier(speech_llm(model), batch)
+        return [{"key": key, "corpus": batch["corpus"][row], "label": batch["label"][row], "reply": replies[row],
+                 "word": label_word(replies[row])} for row, key in real_rows(batch)]
+
+    def summarize(self, records: list[dict]) -> tuple[dict, str]:
+        bootstrap = bootstrap_of(self.cfg)
+        readers = {reader: ser_metrics(predictions_from(records, reader, EMOTIONS), bootstrap) for reader in READERS
+                   if any(reader in r for r in records)}
+        result = {"clips": len(records), "readers": readers}
+        return result, ser_table(result)
+
+    def scalars(self, result: dict) -> dict[str, float]:
+        return {f"{reader}/{key}": m["corpus_average"][key]["value"] for reader, m in result["readers"].items()
+                for key in ("wa", "ua")}
+
+    def figures(self, result: dict, out_dir: Path) -> list[Path]:
+        """One confusion-matrix PNG per reader: ``ser.confusion.<reader>.png``."""
+        return [plot_confusion(m["confusion"], m["classes"], m["confusion_columns"],
+                               Path(out_dir) / f"ser.confusion.{reader}.png", f"SER ({reader}), {m['clips']} clips")
+                for reader, m in result["readers"].items()]

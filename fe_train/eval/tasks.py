@@ -1,0 +1,95 @@
+"""Evaluation tasks: what every task shares, and the registry keyed by the names the CLI and ``eval.tasks`` use.
+
+A task is made per run with ``(cfg, model, tokenizer, synced)`` and provides
+``build(raw) -> Example`` (the shard sample as a prompt-only example; a sample it
+cannot use raises ``SampleError`` and is counted), ``score(model, batch)`` (one
+record per real sample, each with its ``key``), ``summarize(records)`` (the result
+dict and its markdown table) and ``scalars(result)`` (the numbers logged during
+training). ``run_task`` drives one rank's batches; ``fe_train.eval.gather`` joins the
+ranks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import torch
+
+from fe_train.config import Config
+from fe_train.data.pipeline import Example, RawSample
+from fe_train.data.prompt import PromptLayout
+from fe_train.data.schema import Meta
+from fe_train.eval.bootstrap import Bootstrap
+from fe_train.eval.controls import CONTROLS, check_control
+from fe_train.generate.replies import Sampling, decode, eos_ids
+from fe_train.stages.align import SpeechInput
+
+
+def bootstrap_of(cfg: Config) -> Bootstrap:
+    return Bootstrap(cfg.eval.bootstrap_resamples, cfg.eval.confidence, cfg.eval.seed)
+
+
+class SpokenPrompt:
+    """A sample in the checkpoint's prompt (``prompt.system``, ``prompt.user_speech``), without a reply.
+
+    ``eval.control`` (``fe_train.eval.controls``) decides what fills the user turn's
+    ``<speech>`` and ``<emotion>``: the audio, the transcript, a label word.
+    """
+
+    def __init__(self, cfg: Config, model, tokenizer, user: str | None = None):
+        self.layout = PromptLayout(tokenizer, cfg.prompt.system, cfg.prompt.max_reply_tokens)
+        self.speech = SpeechInput(cfg, model.encoder.n_mels, model.encoder.n_frames)
+        self.user = cfg.prompt.user_speech if user is None else user
+        self.control, self.seed = cfg.eval.control, cfg.eval.seed
+        check_control(self.control, self.user)
+
+    def example(self, raw: RawSample, meta: Meta, fields: dict) -> Example:
+        user, audio = CONTROLS[self.control](self.user, meta, self.seed)
+        slots, fields = {"<emotion>": 1}, dict(fields)
+        if audio:
+            fields["mel"], slots["<speech>"] = self.speech(raw)
+        return Example(meta.key, {"layout": self.layout.build(user, slots, None), **fields})
+
+
+class Replier:
+    """Greedy replies (``eval.max_new_tokens``) of a ``FreezeEmpath`` model to a batch's prompts, decoded."""
+
+    def __init__(self, cfg: Config, model, tokenizer, synced: bool):
+        from fe_train.eval.speech_replies import reply_to_batch
+
+        self.reply_to_batch = reply_to_batch
+        self.tokenizer, self.synced = tokenizer, synced
+        self.sampling = Sampling(max_new_tokens=cfg.eval.max_new_tokens)
+        self.eos = eos_ids(model.llm, tokenizer)
+
+    def __call__(self, model, batch: dict) -> list[str]:
+        replies = self.reply_to_batch(model, batch, self.sampling, self.eos, self.tokenizer.pad_token_id, self.synced)
+        return [decode(self.tokenizer, reply) for reply in replies]
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def run_task(task, model, batches: Iterable[dict], device: torch.device) -> tuple[list[dict], Counter]:
+    """This rank's records and skipped samples (by reason) over ``batches``."""
+    records: list[dict] = []
+    skipped: Counter = Counter()
+    for batch in batches:
+        skipped.update(batch.get("skipped", {}))
+        records += task.score(model, to_device(batch, device))
+    return records, skipped
+
+
+def task_class(name: str):
+    from fe_train.errors import UserError
+    from fe_train.eval.empathy_replies import EmpathyTask
+    from fe_train.eval.ser import SERTask
+    from fe_train.eval.spokenqa import SpokenQATask
+
+    tasks = {"spokenqa": SpokenQATask, "ser": SERTask, "empathy": EmpathyTask}
+    if name not in tasks:
+        raise UserError(f"evaluation task {name!r}: expected one of {sorted(tasks)}")
+    return tasks[name]
