@@ -134,8 +134,8 @@ class SpeechDecoder(nn.Module):
 
     def step(self, embeds: torch.Tensor, cache=None):
         """Append positions (1, n, D_dec) to the KV cache; the next-token logits (V,) and the cache."""
-        out = self.lm(inputs_embeds=embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1].float(), out.past_key_values
+        out = self.lm(inputs_embeds=embeds, cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float(), out.cache
 
     def requires_grad_(self, requires_grad: bool = True):
         """With LoRA, training the decoder trains peft's selection (adapters, saved modules), never the base."""

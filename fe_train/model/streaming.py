@@ -116,8 +116,7 @@ def generated_pairs(llm, embeds: torch.Tensor, turn_end_id: int, max_tokens: int
         if token == turn_end_id:
             return
         ids = torch.tensor([[token]], device=embeds.device)
-        out = llm(input_ids=ids, past_key_values=out.past_key_values, use_cache=True, output_hidden_states=True,
-                  logits_to_keep=1)
+        out = llm(input_ids=ids, cache=out.cache, use_cache=True, output_hidden_states=True, logits_to_keep=1)
 
 
 @torch.no_grad()

@@ -51,7 +51,8 @@ def build_model(cfg, dtype, partitioned):
 
     speech_llm.llm.register_forward_hook(on_forward)
     for module in speech_llm.modules():
-        module.register_full_backward_hook(on_backward)
+        if list(module.parameters(recurse=False)):  # the layers that hold weights; their outputs are tensors
+            module.register_full_backward_hook(on_backward)
     return model, tokenizer
 
 
@@ -73,7 +74,7 @@ def probe_outputs(model) -> dict[str, torch.Tensor]:
 def inspect(engine):
     model = engine.module
     mismatched, checked, frozen_elems, trainable_elems = [], 0, 0, 0
-    grads_seen = 0
+    grads_seen, unreferenced = 0, set()
     for name, param in model.named_parameters():
         if param.requires_grad:
             trainable_elems += numel(param)
@@ -81,7 +82,8 @@ def inspect(engine):
         frozen_elems += numel(param)
         grads_seen += int(param.grad is not None)
         if name not in reference:
-            continue  # the decoder's frozen base weights under LoRA
+            unreferenced.add(name.split(".")[0])  # the decoder's frozen base weights under LoRA
+            continue
         with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
             if not torch.equal(param.data.cpu(), reference[name]):
                 mismatched.append(name)
@@ -98,7 +100,7 @@ def inspect(engine):
     watched = dict(zip(watch, (int(v) for v in sums[3:])))
     probe = probe_outputs(model)
     report.update(
-        frozen_checked=checked, frozen_expected=len(reference), frozen_mismatched=mismatched, frozen_elems=frozen_elems,
+        frozen_checked=checked, frozen_unreferenced=sorted(unreferenced), frozen_mismatched=mismatched, frozen_elems=frozen_elems,
         trainable_elems=trainable_elems, optimizer_tracks_only_trainable=all(id(p) in trainable_ids for p in tracked),
         optimizer_tracked_elems=sum(numel(p) for p in tracked), optimizer_state_elems=int(sums[0]),
         fp32_partition_elems=int(sums[1]), trainable_tensors=len(tracked), world_size=launch.world_size,
