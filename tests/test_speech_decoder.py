@@ -15,7 +15,7 @@ from fe_train.model.freezing import set_trainable
 from fe_train.model.fusion import GatedFusion, ffn_projection, linear_projection, paired_states
 from fe_train.model.speech_decoder import LoraSettings, SpeechDecoder
 from fe_train.model.spoken_reply import SpokenReply
-from fe_train.model.streaming import UnitWriter, forced_pairs, stream
+from fe_train.model.streaming import UnitWriter, forced_pairs, generated_pairs, stream
 
 N_UNITS = 12
 
@@ -119,14 +119,14 @@ def tiny_batch(model: SpokenReply, tokenizer) -> dict:
             "reply": reply, "reply_start": len(prompt)}
 
 
-def test_streaming_writes_what_teacher_forcing_predicts(world):
+@pytest.mark.parametrize("read,write", [(2, 3), (3, 15)])
+def test_streaming_writes_what_teacher_forcing_predicts(world, read, write):
     """Stream a reply through a random decoder, then teacher-force the units it wrote: the same argmax everywhere."""
     _, tokenizer, _ = world
     model = spoken_reply(world, seed=3).eval()
     vocab = model.decoder.vocab
     batch = tiny_batch(model, tokenizer)
     states = model.llm_states(batch)[0]  # (T, D_llm)
-    read, write = 2, 3
     writer = UnitWriter(model.decoder, model.fusion, read, write, max_new_units=20)
     out = stream(writer, forced_pairs(states, batch["reply"], batch["reply_start"]))
     n_reply = len(batch["reply"])
@@ -177,7 +177,29 @@ def test_lora_trains_adapters_and_new_rows_and_reloads_with_peft(world, tmp_path
     base = SpeechDecoder.from_pretrained(str(root / "decoder"), N_UNITS, len(tokenizer), torch.float32).lm
     reloaded = PeftModel.from_pretrained(base, str(tmp_path / "lora"))
     ids = torch.tensor([[3, decoder.vocab.sep_id, decoder.vocab.unit_offset + 5]])
+    merged = SpeechDecoder.from_pretrained(str(tmp_path / "lora"), N_UNITS, len(tokenizer), torch.float32)  # stage 3b's start
+    embeds = torch.randn(1, 4, decoder.hidden_size)
     with torch.no_grad():
-        assert torch.allclose(reloaded(input_ids=ids).logits, decoder.lm(input_ids=ids).logits, atol=1e-6)
-        embeds = torch.randn(1, 4, decoder.hidden_size)
+        trained = decoder.lm(input_ids=ids).logits
+        assert torch.allclose(reloaded(input_ids=ids).logits, trained, atol=1e-6)
         assert torch.allclose(reloaded(inputs_embeds=embeds).logits, decoder.lm(inputs_embeds=embeds).logits, atol=1e-6)
+        assert torch.allclose(merged.lm(input_ids=ids).logits, trained, atol=1e-5)
+    assert merged.vocab == decoder.vocab and merged.lora_trainable is None
+
+
+def test_generated_reply_pairs_match_generate_and_teacher_forcing(world):
+    """The LLM's greedy reply with a KV cache: the tokens of ``generate``, and at each token the state
+    that a teacher-forced pass over prompt + reply has one position earlier (the training pairing)."""
+    _, tokenizer, llm = world
+    prompt = torch.tensor([tokenizer("what colour is the sky", add_special_tokens=False)["input_ids"]])
+    embeds = llm.get_input_embeddings()(prompt)  # (1, T, D)
+    pairs = list(generated_pairs(llm, embeds, turn_end_id=-1, max_tokens=6))
+    tokens = [token for _, token in pairs]
+    expected = llm.generate(inputs_embeds=embeds, max_new_tokens=6, do_sample=False, min_new_tokens=6,
+                            attention_mask=torch.ones_like(prompt), pad_token_id=tokenizer.pad_token_id)
+    assert tokens == expected[0, -6:].tolist()
+    full = torch.cat([prompt, torch.tensor([tokens])], dim=1)
+    with torch.no_grad():
+        states = llm(input_ids=full, output_hidden_states=True).hidden_states[-1][0]  # (T + 6, D)
+    for i, (state, _) in enumerate(pairs):
+        assert torch.allclose(state, states[prompt.shape[1] + i - 1], atol=1e-5), i

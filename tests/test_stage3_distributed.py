@@ -20,7 +20,7 @@ from fe_train.model.frozen_llm import load_llm, load_tokenizer
 from fe_train.model.fusion import GatedFusion, linear_projection
 from fe_train.model.speech_decoder import SpeechDecoder, UnitVocab
 from fe_train.model.spoken_reply import SpokenReply
-from fe_train.model.streaming import UnitWriter, forced_pairs, stream
+from fe_train.model.streaming import UnitWriter, forced_pairs, speak, stream
 from fe_train.tracking.tracker import read_metrics
 
 CONFIG_3A = str(REPO / "configs" / "stage3a_tiny.yaml")
@@ -50,7 +50,7 @@ def run_check(config: str, args: list[str], result_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def pretrained(assets, units, tmp_path_factory):
-    """Stage 3a to convergence on 2 ranks (about 3 minutes here)."""
+    """Stage 3a to convergence on 2 ranks: 1015 steps, about 5.5 minutes here."""
     out = tmp_path_factory.mktemp("stage3a") / "run"
     report = run_check(CONFIG_3A, overrides(assets, units, out), out.parent)
     return out, report
@@ -76,6 +76,7 @@ def load_exported(assets, export) -> SpokenReply:
     return SpokenReply(FreezeEmpath(llm), decoder, fusion).eval()
 
 
+@pytest.mark.slow
 def test_3a_reaches_unit_accuracy_on_heldout_replies(pretrained):
     out, _ = pretrained
     evals = [r for r in read_metrics(out / "metrics.jsonl") if "eval/token_acc" in r]
@@ -83,11 +84,13 @@ def test_3a_reaches_unit_accuracy_on_heldout_replies(pretrained):
     assert evals[-1]["eval/token_acc"] >= 0.95, evals[-1]
 
 
+@pytest.mark.slow
 def test_3a_llm_frozen_forward_only_and_optimizer_trainable_only(pretrained):
     _, report = pretrained
     assert_llm_frozen_and_forward_only(report, frozen_parts=20)
 
 
+@pytest.mark.slow
 def test_3a_exports_reload_to_the_trained_outputs(assets, pretrained):
     out, _ = pretrained
     model = load_exported(assets, out / "export")
@@ -97,6 +100,7 @@ def test_3a_exports_reload_to_the_trained_outputs(assets, pretrained):
         assert torch.allclose(model.fusion(probe["states"], probe["embeds"]), probe["fused"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_streaming_speaks_heldout_replies(assets, units, pretrained):
     """Held-out answers (never trained on), read R tokens at a time: exactly their units, then eos."""
     out, _ = pretrained
@@ -161,3 +165,67 @@ def test_3b_lora_export_reloads_with_peft_to_the_trained_outputs(units, joint_lo
     probe = torch.load(out.parent / "probe.pt")
     with torch.no_grad():
         assert torch.allclose(decoder(input_ids=probe["ids"]).logits, probe["logits"], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_streaming_speaks_the_llms_own_answers(assets, pretrained):
+    """Text questions: the frozen LLM generates its answer (KV cache), and the decoder, fed every R tokens,
+    writes exactly the answer's units."""
+    from fe_train.config import Config
+    from fe_train.data import synthetic
+    from fe_train.data.pipeline import Example
+    from fe_train.data.prompt import PromptLayout
+
+    out, _ = pretrained
+    model = load_exported(assets, out / "export")
+    tokenizer = load_tokenizer(str(assets.llm))
+    d = Config.load(CONFIG_3A).decoder
+    layout = PromptLayout(tokenizer, "You are a helpful assistant.", 32)
+    collate = Collate(tokenizer.pad_token_id)
+    for instruction in synthetic.instructions():
+        batch = collate([Example(instruction.key, {"layout": layout.build(instruction.text, {}, None)})])
+        spoken = speak(model, batch, d.read_tokens, d.write_units, tokenizer.eos_token_id, 32, 200)
+        assert spoken.reply_ids == reply_tokens(tokenizer, instruction.answer), instruction.key
+        assert spoken.units == reply_units(tokenizer, instruction.answer) and spoken.ended, instruction.key
+
+
+@pytest.mark.slow
+def test_3b_continues_from_3a_exports(assets, units, pretrained, tmp_path):
+    """Stage 3b from stage 3a's decoder and fusion exports: it already speaks the spoken queries' replies."""
+    export = pretrained[0] / "export"
+    out = tmp_path / "run"
+    args = overrides(assets, units, out, **{
+        "model.encoder_path": assets.whisper, "data.train_shards": units.split(units.spoken_shards, "train"),
+        "data.eval_shards": units.split(units.spoken_shards, "heldout"), "decoder.path": export / "decoder",
+        "decoder.init_fusion": export / "fusion.safetensors", "train.max_steps": 10,
+    })
+    report = run_check(CONFIG_3B, args, tmp_path)
+    assert_llm_frozen_and_forward_only(report, frozen_parts=40)
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if "eval/loss" in r]
+    assert evals[0]["eval/token_acc"] >= 0.8 and evals[-1]["eval/loss"] < evals[0]["eval/loss"], evals
+
+
+def test_3b_speaks_a_spoken_query(assets, units, joint_lora):
+    """A spoken query through encoder, adapter and LLM (greedy, KV cache) into the LoRA decoder export
+    (merged on load): the reply streams in writes of W units after every R tokens."""
+    from fe_train.config import Config
+    from fe_train.model.registry import ADAPTERS, ENCODERS
+    from fe_train.stages import decoder_joint
+
+    out, _ = joint_lora
+    cfg = Config.load(CONFIG_3B, [f"model.encoder_path={assets.whisper}", f"model.llm_path={assets.llm}"])
+    model = load_exported(assets, out / "export")
+    encoder = ENCODERS["whisper"](str(assets.whisper), torch.float32)
+    adapter = ADAPTERS["stack_ffn"](encoder.hidden_size, model.speech_llm.llm.config.hidden_size, cfg.model)
+    model.speech_llm = FreezeEmpath(model.speech_llm.llm, encoder=encoder, adapter=adapter).eval()
+    tokenizer = load_tokenizer(str(assets.llm))
+    build = decoder_joint.query_builder(cfg, model, tokenizer)
+    raw = next(iter_shard(resolve_shards(units.split(units.spoken_shards, "heldout"))[0].url))[1]
+    batch = Collate(tokenizer.pad_token_id)([build(raw)])
+    read, write = cfg.decoder.read_tokens, cfg.decoder.write_units
+    spoken = speak(model, batch, read, write, tokenizer.eos_token_id, max_reply_tokens=12, max_new_units=40)
+    n = len(spoken.reply_ids)
+    assert 1 <= n <= 12 and (n == 12 or spoken.reply_ids[-1] == tokenizer.eos_token_id)
+    assert spoken.writes[: n // read] == [(read * (i + 1), write * (i + 1)) for i in range(n // read)]
+    assert spoken.writes[-1] == (n, len(spoken.units)) and len(spoken.units) <= write * (n // read) + 40
+    assert all(0 <= u < units.n_units for u in spoken.units)

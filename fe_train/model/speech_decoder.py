@@ -85,15 +85,12 @@ class SpeechDecoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str, n_units: int, text_vocab_size: int, dtype: torch.dtype,
                         lora: LoraSettings | None = None) -> SpeechDecoder:
-        """Load ``path``; extend its vocabulary unless it is a stage-3 export; wrap it in LoRA when asked.
+        """Load ``path``; extend its vocabulary unless it is a stage-3 export (a LoRA export is merged into
+        its base); wrap it in LoRA when asked.
 
         ``text_vocab_size`` is the LLM tokenizer's size: every reply token must be a decoder token.
         """
-        from transformers import AutoModelForCausalLM
-
-        require_pretrained(path, "decoder.path")
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        vocab = UnitVocab.load(path)
+        lm, vocab = load_lm(path, dtype)
         if vocab is None:
             vocab = extend_vocabulary(lm, n_units, path)
         elif vocab.n_units != n_units:
@@ -154,6 +151,24 @@ class SpeechDecoder(nn.Module):
         own = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
         self.lm.save_pretrained(directory, state_dict=own)
         self.vocab.save(directory)
+
+
+def load_lm(path: str, dtype: torch.dtype) -> tuple[nn.Module, UnitVocab | None]:
+    """A causal LM checkpoint, a stage-3 decoder export, or a stage-3 LoRA export (merged into its base)."""
+    from transformers import AutoModelForCausalLM
+
+    vocab = UnitVocab.load(path)
+    adapter_config = Path(path) / "adapter_config.json"
+    if vocab is not None and adapter_config.is_file():
+        from peft import PeftModel
+
+        base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        require_pretrained(base_path, f"base_model_name_or_path of {adapter_config}")
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+        base.resize_token_embeddings(vocab.size)  # the export holds the trained rows
+        return PeftModel.from_pretrained(base, path).merge_and_unload(), vocab
+    require_pretrained(path, "decoder.path")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), vocab
 
 
 def eos_of(config, path: str) -> int:
