@@ -95,3 +95,26 @@ def test_units_from_npy_member_or_json_list():
         with pytest.raises(SampleError) as info:
             sample_units(raw, bad, n_units=4)
         assert info.value.reason == reason
+
+
+def test_text_reply_unit_shards_verify_without_audio(tmp_path):
+    from fe_train.data.verify import verify
+    from fe_train.data.writer import EncodedSample, encode_unit_sample, write_shards
+
+    good = [encode_unit_sample(Meta(key=f"r{i}", reply="the sky is blue ."), [1, 2, 3]) for i in range(3)]
+    bare = EncodedSample("bare", {"json": Meta(key="bare", reply="no units, no audio").to_json()})
+    write_shards([*good, bare], tmp_path, prefix="train", max_count=2)
+    reports = verify(tmp_path)
+    assert [r.ok for r in reports] == [True, False]
+    assert dict(reports[1].problems) == {"missing_member:flac": 1}
+
+
+def test_decoder_config_is_checked():
+    from fe_train.config import Config
+    from fe_train.errors import UserError
+
+    assert Config.load(None, ["decoder.read_tokens=3"]).decoder.write_units == 15
+    with pytest.raises(UserError, match="decoder.read_tokens = 0"):
+        Config.load(None, ["decoder.read_tokens=0"])
+    with pytest.raises(UserError, match="unknown config key 'decoder.units'"):
+        Config.load(None, ["decoder.units=8"])
