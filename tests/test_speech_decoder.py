@@ -203,3 +203,17 @@ def test_generated_reply_pairs_match_generate_and_teacher_forcing(world):
         states = llm(input_ids=full, output_hidden_states=True).hidden_states[-1][0]  # (T + 6, D)
     for i, (state, _) in enumerate(pairs):
         assert torch.allclose(state, states[prompt.shape[1] + i - 1], atol=1e-5), i
+
+
+def test_sampled_units_follow_the_generator(world):
+    _, tokenizer, _ = world
+    model = spoken_reply(world, seed=3).eval()
+    batch = tiny_batch(model, tokenizer)
+    states = model.llm_states(batch)[0]
+
+    def sample(seed, temperature):
+        writer = UnitWriter(model.decoder, model.fusion, 3, 15, 20, temperature, torch.Generator().manual_seed(seed))
+        return stream(writer, forced_pairs(states, batch["reply"], batch["reply_start"])).units
+
+    assert sample(0, 1.0) == sample(0, 1.0) != sample(1, 1.0)
+    assert all(0 <= u < N_UNITS for u in sample(2, 1.0))

@@ -33,9 +33,13 @@ class StreamedSpeech:
 
 
 class UnitWriter:
-    def __init__(self, decoder: SpeechDecoder, fusion: GatedFusion, read: int, write: int, max_new_units: int):
+    """``temperature`` 0 writes the most likely unit; above 0 samples (the paper samples at 1.0) with ``generator``."""
+
+    def __init__(self, decoder: SpeechDecoder, fusion: GatedFusion, read: int, write: int, max_new_units: int,
+                 temperature: float = 0.0, generator: torch.Generator | None = None):
         self.decoder, self.fusion = decoder, fusion
         self.read, self.write, self.max_new_units = read, write, max_new_units
+        self.temperature, self.generator = temperature, generator
         vocab = decoder.vocab
         unit_ids = torch.arange(vocab.unit_offset, vocab.size)
         self.streaming_ids = unit_ids  # before the reply ends no eos can come (none in training)
@@ -80,7 +84,7 @@ class UnitWriter:
         if self.out.ended:
             return written
         for _ in range(limit):
-            token = int(allowed[self.logits[allowed].argmax()])
+            token = int(allowed[self._choose(self.logits[allowed])])
             if token == self.decoder.vocab.eos_id:
                 self.out.ended = True
                 break
@@ -90,6 +94,13 @@ class UnitWriter:
         self.out.units += units
         self.out.writes.append((len(self.out.reply_ids), len(self.out.units)))
         return units
+
+
+    def _choose(self, logits: torch.Tensor) -> int:
+        if self.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
 
 
 def stream(writer: UnitWriter, pairs: Iterator[tuple[torch.Tensor, int]]) -> StreamedSpeech:
@@ -121,8 +132,8 @@ def generated_pairs(llm, embeds: torch.Tensor, turn_end_id: int, max_tokens: int
 
 @torch.no_grad()
 def speak(model, batch: dict, read: int, write: int, turn_end_id: int, max_reply_tokens: int,
-          max_new_units: int) -> StreamedSpeech:
-    """A spoken reply to a prompt-only batch of one (``SpokenReply`` model): the LLM's text and streamed units."""
+          max_new_units: int, temperature: float = 0.0, generator: torch.Generator | None = None) -> StreamedSpeech:
+    """A spoken reply to a prompt-only batch of one (``SpokenReply`` model): the LLM's greedy text and streamed units."""
     embeds = model.speech_llm.embed(batch)  # (1, T, D_llm)
-    writer = UnitWriter(model.decoder, model.fusion, read, write, max_new_units)
+    writer = UnitWriter(model.decoder, model.fusion, read, write, max_new_units, temperature, generator)
     return stream(writer, generated_pairs(model.speech_llm.llm, embeds, turn_end_id, max_reply_tokens))

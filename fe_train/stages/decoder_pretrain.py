@@ -59,7 +59,7 @@ def example_builder(cfg: Config, model: SpokenReply, tokenizer):
 
     def build(raw: RawSample) -> Example:
         meta = reply_meta(raw)
-        row = layout.build(cfg.prompt.user_text.format(text=meta.text), {}, meta.reply)
+        row = layout.build(cfg.prompt.user_text.replace("{text}", meta.text), {}, meta.reply)
         return Example(meta.key, {"layout": row, "units": rows(row, raw, meta)})
 
     return build
