@@ -217,3 +217,25 @@ def test_sampled_units_follow_the_generator(world):
 
     assert sample(0, 1.0) == sample(0, 1.0) != sample(1, 1.0)
     assert all(0 <= u < N_UNITS for u in sample(2, 1.0))
+
+
+def test_flops_count_the_decoder_and_a_forward_only_llm(world):
+    from fe_train.tracking.flops import FlopCounter
+
+    _, tokenizer, llm = world
+    model = spoken_reply(world)
+    set_trainable(model, ("decoder", "fusion"))
+    counter = FlopCounter.for_model(model, llm_backward=False)
+    lm = model.decoder.lm
+    tied = lm.get_output_embeddings().weight is lm.get_input_embeddings().weight
+    decoder_embed = 0 if tied else lm.get_input_embeddings().weight.numel()  # lookups only: no matmul
+    decoder_all = sum(p.numel() for p in model.decoder.parameters()) + sum(p.numel() for p in model.fusion.parameters())
+    assert counter.trainable_params == 0 and counter.decoder_trainable_params == decoder_all
+    assert counter.decoder_params == decoder_all - decoder_embed
+    batch = tiny_batch(model, tokenizer)
+    batch.update(labels=torch.full_like(batch["input_ids"], IGNORE), slots=torch.zeros_like(batch["input_ids"]))
+    positions = int(batch["unit_attention_mask"].sum())
+    llm_tokens = int(batch["attention_mask"].sum())
+    # LLM forward only; decoder forward + input gradients over its matmuls, weight gradients over all it trains
+    expected = 2 * counter.llm_body_params * llm_tokens + (4 * (decoder_all - decoder_embed) + 2 * decoder_all) * positions
+    assert counter.micro_batch(batch) == pytest.approx(expected)

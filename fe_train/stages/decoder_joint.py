@@ -24,6 +24,7 @@ from fe_train.stages.decoder_pretrain import DecoderRows, build_decoder, reply_m
 
 name = "decoder_joint"
 trains = ("decoder", "fusion")
+llm_backward = False  # the frozen LLM runs forward only (FLOP count)
 
 
 def build_model(cfg: Config, dtype, partitioned):

@@ -28,6 +28,7 @@ from fe_train.stages.align import read_meta
 
 name = "decoder_pretrain"
 trains = ("decoder", "fusion")
+llm_backward = False  # the frozen LLM runs forward only (FLOP count)
 
 
 def build_model(cfg: Config, dtype, partitioned):

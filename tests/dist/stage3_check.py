@@ -71,7 +71,8 @@ def probe_outputs(model) -> dict[str, torch.Tensor]:
     return {"ids": ids, "logits": logits, "states": states, "embeds": embeds, "fused": fused}
 
 
-def inspect(engine):
+def inspect(trainer):
+    engine = trainer.engine
     model = engine.module
     mismatched, checked, frozen_elems, trainable_elems = [], 0, 0, 0
     grads_seen, unreferenced = 0, set()
@@ -112,8 +113,8 @@ def inspect(engine):
 
 
 wrapped = SimpleNamespace(name=recipe.name, trains=recipe.trains, build_model=build_model,
-                          example_builder=recipe.example_builder)
-outcome = runner.run(wrapped, cfg, launch, resume=False, inspect=inspect)
+                          example_builder=recipe.example_builder, llm_backward=recipe.llm_backward)
+outcome = runner.run(wrapped, cfg, launch, resume=False, hooks=runner.Hooks(after_train=inspect))
 if launch.is_main:
     report["checkpoint"] = str(outcome.checkpoint)
     report["exports"] = [str(p) for p in outcome.exports]
