@@ -233,9 +233,11 @@ def test_flops_count_the_decoder_and_a_forward_only_llm(world):
     assert counter.trainable_params == 0 and counter.decoder_trainable_params == decoder_all
     assert counter.decoder_params == decoder_all - decoder_embed
     batch = tiny_batch(model, tokenizer)
-    batch.update(labels=torch.full_like(batch["input_ids"], IGNORE), slots=torch.zeros_like(batch["input_ids"]))
+    batch.update(labels=torch.full_like(batch["input_ids"], 7), slots=torch.zeros_like(batch["input_ids"]))
     positions = int(batch["unit_attention_mask"].sum())
     llm_tokens = int(batch["attention_mask"].sum())
-    # LLM forward only; decoder forward + input gradients over its matmuls, weight gradients over all it trains
-    expected = 2 * counter.llm_body_params * llm_tokens + (4 * (decoder_all - decoder_embed) + 2 * decoder_all) * positions
+    # LLM forward only, its head once per row (labels or not); decoder forward + input gradients over its
+    # matmuls, weight gradients over all it trains
+    expected = 2 * (counter.llm_body_params * llm_tokens + counter.llm_head_params)
+    expected += (4 * (decoder_all - decoder_embed) + 2 * decoder_all) * positions
     assert counter.micro_batch(batch) == pytest.approx(expected)

@@ -6,7 +6,7 @@ a token passes through (embedding lookups excluded, they are no matmul):
 - frozen speech encoder: forward only, 2 N_enc per encoder frame of the padded window;
 - frozen LLM, stages 1-2: forward 2 N plus the input-gradient backward 2 N = 4 N per
   token (no weight gradients); stage 3: forward only, 2 N per token;
-- the LM head runs only where a label follows (``logits_to_keep``);
+- the LM head runs only where a label follows (``logits_to_keep``; stage 3: once per row);
 - trainable modules before the LLM (adapter, emotion extractor): 6 N per soft token
   they write (forward, input and weight gradients);
 - stage 3's speech decoder and fusion: 4 N per decoder position (forward and input
@@ -75,6 +75,8 @@ class FlopCounter:
         clips = int(batch["attention_mask"].shape[0])
         tokens = float(batch["attention_mask"].sum())
         head_positions = float((batch["labels"][:, 1:] != -100).sum())
+        if self.decoder_params:
+            head_positions = float(clips)  # stage 3 reads the LLM's states; its head runs at one position per row
         llm_factor = 4.0 if self.llm_backward else 2.0
         flops = 2.0 * self.encoder_params * self.encoder_frames * clips * self.encoder_passes
         flops += llm_factor * (self.llm_body_params * tokens + self.llm_head_params * head_positions)
