@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from fe_train.data.features import LogMelResult
+from fe_train.data.interleave import UnitSequence, collate_unit_sequences
 from fe_train.data.pipeline import Example
 from fe_train.data.prompt import IGNORE, Layout
 
@@ -14,7 +15,8 @@ from fe_train.data.prompt import IGNORE, Layout
 class Collate:
     """Pads token rows on the right and log-mel features with each clip's pad value.
 
-    Example fields it knows: ``layout`` (a ``Layout``), any ``*mel`` (a ``LogMelResult``,
+    Example fields it knows: ``layout`` (a ``Layout``), a ``UnitSequence`` (the speech
+    decoder's row, as ``unit_*`` tensors), any ``*mel`` (a ``LogMelResult``,
     e.g. ``mel`` for content audio and ``emotion_mel`` for the emotion clip) and any
     integer or tensor field, which is stacked. Padding copies (``Example.pad``) get
     weight 0 and no labels, and their keys are left out of ``keys``.
@@ -32,6 +34,8 @@ class Collate:
             column = [ex.fields[name] for ex in examples]
             if isinstance(value, Layout):
                 out.update(self._layouts(column, [ex.pad for ex in examples]))
+            elif isinstance(value, UnitSequence):
+                out.update(collate_unit_sequences(column, [ex.pad for ex in examples]))
             elif isinstance(value, LogMelResult):
                 prefix = name[: -len("mel")]
                 out.update({prefix + k: v for k, v in _mels(column).items()})

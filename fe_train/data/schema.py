@@ -89,3 +89,25 @@ def encode_units(units) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(units, dtype=np.int32), allow_pickle=False)
     return buf.getvalue()
+
+
+UNITS_FIELD = "units"
+"""JSON field that may hold a sample's units as a list of ints, when it has no ``.units.npy`` member."""
+
+
+def sample_units(raw: dict[str, Any], meta: Meta, n_units: int) -> np.ndarray:
+    """A sample's speech units, from ``{key}.units.npy`` or else the JSON field ``units``, each in [0, n_units)."""
+    if UNITS_EXT in raw:
+        units = decode_units(raw[UNITS_EXT])
+    elif UNITS_FIELD in meta.extra:
+        listed = meta.extra[UNITS_FIELD]
+        if not isinstance(listed, list) or not all(isinstance(u, int) and not isinstance(u, bool) for u in listed):
+            raise SampleError("bad_units", f"JSON field {UNITS_FIELD!r} must be a list of integers")
+        units = np.asarray(listed, dtype=np.int64)
+    else:
+        raise SampleError("missing_units")
+    if len(units) == 0:
+        raise SampleError("missing_units")
+    if units.min() < 0 or units.max() >= n_units:
+        raise SampleError("bad_units", f"unit ids must lie in [0, {n_units}), got [{units.min()}, {units.max()}]")
+    return units

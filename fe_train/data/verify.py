@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fe_train.data import audio
 from fe_train.data.pipeline import iter_shard, resolve_shards
-from fe_train.data.schema import INDEX_NAME, Meta, SampleError, decode_units
+from fe_train.data.schema import INDEX_NAME, UNITS_EXT, UNITS_FIELD, Meta, SampleError, sample_units
 from fe_train.data.writer import ShardIndex
 
 
@@ -51,14 +51,18 @@ def _verify_folder(directory: Path, sample_rate_hz: int) -> list[ShardReport]:
         for _, raw in iter_shard(shard.url):
             report.found += 1
             try:
-                if "json" not in raw or "flac" not in raw:
-                    raise SampleError("missing_member:" + ("json" if "json" not in raw else "flac"))
+                if "json" not in raw:
+                    raise SampleError("missing_member:json")
                 meta = Meta.from_json(raw["json"])
                 if meta.key != raw["__key__"]:
                     raise SampleError("key_mismatch")
-                audio.decode(raw["flac"], sample_rate_hz)
-                if "units.npy" in raw:
-                    decode_units(raw["units.npy"])
+                has_units = UNITS_EXT in raw or UNITS_FIELD in meta.extra
+                if "flac" in raw:
+                    audio.decode(raw["flac"], sample_rate_hz)
+                elif not has_units:  # a text reply with its units (stage 3a) needs no audio
+                    raise SampleError("missing_member:flac")
+                if has_units:
+                    sample_units(raw, meta, n_units=2**31 - 1)
             except SampleError as exc:
                 report.problems[exc.reason] += 1
         if report.expected >= 0 and report.found != report.expected:

@@ -165,3 +165,10 @@ def encode_sample(meta, wave, sample_rate_hz: int, units=None) -> EncodedSample:
     if units is not None:
         members["units.npy"] = encode_units(units)
     return EncodedSample(meta.key, members, meta.duration_s)
+
+
+def encode_unit_sample(meta, units) -> EncodedSample:
+    """A text reply with its speech units and no audio (stage 3a's pairs): ``json`` and ``units.npy`` members."""
+    from fe_train.data.schema import UNITS_EXT, encode_units
+
+    return EncodedSample(meta.key, {"json": meta.to_json(), UNITS_EXT: encode_units(units)})

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from fe_train.errors import UserError
 from fe_train.model.adapter import StackFFNAdapter
+from fe_train.model.fusion import ffn_projection, linear_projection
 from fe_train.model.speech_encoder import WhisperSpeechEncoder
 
 ENCODERS: dict[str, Callable] = {"whisper": WhisperSpeechEncoder.from_pretrained}
@@ -17,6 +18,9 @@ ADAPTERS: dict[str, Callable] = {
     ),
 }
 """name -> (encoder_dim, llm_dim, ModelConfig) -> adapter module."""
+
+FUSION_PROJECTIONS: dict[str, Callable] = {"linear": linear_projection, "ffn": ffn_projection}
+"""name -> (llm_dim, decoder_dim, hidden_dim) -> the map of LLM states into the speech decoder's width."""
 
 
 def lookup(registry: dict[str, Callable], name: str, key: str) -> Callable:

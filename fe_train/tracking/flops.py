@@ -6,9 +6,11 @@ a token passes through (embedding lookups excluded, they are no matmul):
 - frozen speech encoder: forward only, 2 N_enc per encoder frame of the padded window;
 - frozen LLM, stages 1-2: forward 2 N plus the input-gradient backward 2 N = 4 N per
   token (no weight gradients); stage 3: forward only, 2 N per token;
-- the LM head runs only where a label follows (``logits_to_keep``);
+- the LM head runs only where a label follows (``logits_to_keep``; stage 3: once per row);
 - trainable modules before the LLM (adapter, emotion extractor): 6 N per soft token
-  they write (forward, input and weight gradients).
+  they write (forward, input and weight gradients);
+- stage 3's speech decoder and fusion: 4 N per decoder position (forward and input
+  gradients) plus 2 N_trainable (weight gradients: all of it, or LoRA's part).
 
 Attention-score FLOPs (quadratic in length) are left out, as in the 6N convention.
 """
@@ -36,15 +38,22 @@ class FlopCounter:
     trainable_params: int
     encoder_passes: int = 1
     """Encoder forward passes per sample (2 when content and emotion come from different clips)."""
+    decoder_params: int = 0
+    """Stage 3: speech decoder and fusion parameters a decoder position passes through."""
+    decoder_trainable_params: int = 0
 
     @classmethod
     def for_model(cls, model, llm_backward: bool) -> FlopCounter:
-        """Count a FreezeEmpath model's parts (partitioned parameters counted at full size)."""
+        """Count a FreezeEmpath model's parts, or a stage-3 model's (its ``speech_llm``, ``decoder`` and
+        ``fusion``); partitioned parameters counted at full size."""
         from fe_train.model.freezing import numel
 
         def size(module) -> int:
             return sum(numel(p) for p in module.parameters()) if module is not None else 0
 
+        decoder, fusion = getattr(model, "decoder", None), getattr(model, "fusion", None)
+        decoder_parts = [m for m in (decoder, fusion) if m is not None]
+        model = getattr(model, "speech_llm", model)
         llm = model.llm
         embed, head = llm.get_input_embeddings(), llm.get_output_embeddings()
         head_params = numel(head.weight) if head is not None else 0
@@ -57,6 +66,8 @@ class FlopCounter:
             llm_head_params=head_params,
             llm_backward=llm_backward,
             trainable_params=sum(numel(p) for p in model.parameters() if p.requires_grad),
+            decoder_params=sum(size(m) for m in decoder_parts) - (_lookup_only(decoder.lm, size) if decoder else 0),
+            decoder_trainable_params=sum(numel(p) for m in decoder_parts for p in m.parameters() if p.requires_grad),
         )
 
     def micro_batch(self, batch: dict) -> float:
@@ -64,11 +75,22 @@ class FlopCounter:
         clips = int(batch["attention_mask"].shape[0])
         tokens = float(batch["attention_mask"].sum())
         head_positions = float((batch["labels"][:, 1:] != -100).sum())
+        if self.decoder_params:
+            head_positions = float(clips)  # stage 3 reads the LLM's states; its head runs at one position per row
         llm_factor = 4.0 if self.llm_backward else 2.0
         flops = 2.0 * self.encoder_params * self.encoder_frames * clips * self.encoder_passes
         flops += llm_factor * (self.llm_body_params * tokens + self.llm_head_params * head_positions)
         flops += 6.0 * self.trainable_params * float((batch["slots"] > 0).sum())
+        if self.decoder_params:
+            positions = float(batch["unit_attention_mask"].sum())
+            flops += (4.0 * self.decoder_params + 2.0 * self.decoder_trainable_params) * positions
         return flops
+
+
+def _lookup_only(lm, size) -> int:
+    """Parameters of an LM's input embedding that no matmul uses (none when the output head shares them)."""
+    embed, head = lm.get_input_embeddings(), lm.get_output_embeddings()
+    return 0 if head is not None and head.weight is embed.weight else size(embed)
 
 
 def peak_flops(device: torch.device, override_tflops: float = 0.0) -> float:
