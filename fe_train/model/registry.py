@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from fe_train.errors import UserError
 from fe_train.model.adapter import StackFFNAdapter
+from fe_train.model.emotion_extractor import AttentionPool, LastBlock, LayerGate, MeanPool
 from fe_train.model.speech_encoder import WhisperSpeechEncoder
 
 ENCODERS: dict[str, Callable] = {"whisper": WhisperSpeechEncoder.from_pretrained}
@@ -17,6 +18,18 @@ ADAPTERS: dict[str, Callable] = {
     ),
 }
 """name -> (encoder_dim, llm_dim, ModelConfig) -> adapter module."""
+
+EMOTION_MIXES: dict[str, Callable] = {
+    "gate": lambda encoder_dim, cfg: LayerGate(encoder_dim, cfg.gate_hidden_dim),
+    "last": lambda encoder_dim, cfg: LastBlock(),
+}
+"""name -> (encoder_dim, EmotionConfig) -> how the emotion extractor mixes the encoder blocks."""
+
+EMOTION_POOLS: dict[str, Callable] = {
+    "attention": lambda encoder_dim, cfg: AttentionPool(encoder_dim, cfg.pool_heads),
+    "mean": lambda encoder_dim, cfg: MeanPool(),
+}
+"""name -> (encoder_dim, EmotionConfig) -> how the emotion extractor pools over time."""
 
 
 def lookup(registry: dict[str, Callable], name: str, key: str) -> Callable:

@@ -8,9 +8,9 @@ from fe_train.errors import UserError
 
 
 def recipe(name: str) -> ModuleType:
-    from fe_train.stages import align
+    from fe_train.stages import align, empathy, ser
 
-    stages = {"align": align}
+    stages = {"align": align, "ser": ser, "empathy": empathy}
     if name not in stages:
         raise UserError(f"config train.stage = {name!r}: expected one of {sorted(stages)}")
     return stages[name]
