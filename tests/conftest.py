@@ -46,6 +46,16 @@ def assets(tmp_path_factory):
     return build_assets(tmp_path_factory.mktemp("assets"))
 
 
+@pytest.fixture(scope="session")
+def ser_assets(tmp_path_factory):
+    """The SER world: tiny frozen LLM + Whisper, a stage-1 adapter, SER clips per voice fold, instructions."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed (tests/sysdeps.sh installs it)")
+    from fe_train.fixtures.ser_assets import build_ser_assets
+
+    return build_ser_assets(tmp_path_factory.mktemp("ser_assets"))
+
+
 def stage1_overrides(assets, out_dir: Path, **extra) -> list[str]:
     values = {
         "model.encoder_path": assets.whisper, "model.llm_path": assets.llm,
