@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import REPO
+from fe_train import stages
+from fe_train.config import EMPATHETIC_SYSTEM, Config
 from fe_train.data.collate import Collate
 from fe_train.data.features import LogMel
 from fe_train.data.pipeline import Example
 from fe_train.data.prompt import IGNORE, SLOTS, PromptLayout
 from fe_train.data.user_turn import UserTurn, random_word
+from fe_train.errors import UserError
 from fe_train.fixtures import tiny
 from fe_train.model.adapter import StackFFNAdapter, speech_token_count
 from fe_train.model.emotion_extractor import AttentionPool, EmotionExtractor, LayerGate
@@ -118,3 +124,25 @@ def test_controls_render_words_and_transcripts():
     assert turn.render("key7", "hi", "sad") == f"hi(with a {words[7]} emotional tone)."
     counts = np.bincount([["angry", "surprised", "happy", "sad", "neutral"].index(w) for w in words], minlength=5)
     assert counts.min() > 340 and counts.max() < 460  # uniform: 400 each
+
+
+def test_stage2_presets_hold_the_paper_numbers():
+    paper_a = Config.load(REPO / "configs" / "stage2a_paper.yaml")
+    paper_b = Config.load(REPO / "configs" / "stage2b_paper.yaml")
+    assert (paper_a.train.stage, paper_a.train.epochs, paper_a.train.global_batch_size, paper_a.train.lr) == ("ser", 3, 128, 2e-4)
+    assert (paper_b.train.stage, paper_b.train.epochs, paper_b.train.global_batch_size, paper_b.train.lr) == ("empathy", 1, 128, 5e-6)
+    for cfg in (paper_a, paper_b):
+        assert cfg.prompt.system == EMPATHETIC_SYSTEM and cfg.prompt.user_speech == "<speech>(with a <emotion> emotional tone)."
+        assert (cfg.emotion.layer_mix, cfg.emotion.pool, cfg.emotion.aux_weight, cfg.emotion.hidden_dim) == ("gate", "attention", 0.8, 2048)
+        assert not cfg.emotion.mask_padding  # as the released inference code
+    assert stages.recipe("ser").trains == stages.recipe("empathy").trains == ("emotion_extractor", "ser_head")
+
+
+def test_stage2_config_errors_name_the_key():
+    with pytest.raises(UserError, match="emotion.emotion_source = 'label'"):
+        Config.load(None, ["emotion.emotion_source=label"])
+    with pytest.raises(UserError, match="emotion.ser_mix_ratio = 1.0"):
+        Config.load(None, ["emotion.ser_mix_ratio=1"])
+    cfg = Config.load(REPO / "configs" / "stage2a_tiny.yaml")
+    with pytest.raises(UserError, match="train.init_adapter is empty"):
+        stages.recipe("ser").build_model(cfg, torch.float32, contextlib.nullcontext)

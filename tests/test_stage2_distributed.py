@@ -45,8 +45,8 @@ def train_ser(ser_assets, tmp_path_factory, fold: int, **extra):
     return out, report
 
 
-FAST = {"train.epochs": 6}
-"""The default tier's faster variant of the preset (12 epochs)."""
+FAST = {"train.epochs": 12}
+"""The default tier's faster variant of the preset (20 epochs)."""
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,10 @@ def test_controls_random_word_is_chance_and_true_word_is_right(fold0):
     low, high = chance_band(report["random_word"]["clips"])
     assert low <= report["random_word"]["word_accuracy"] <= high, report["random_word"]
     assert report["true_word"]["word_accuracy"] >= 0.95, report["true_word"]
-    # The SER head reads the extractor, not the prompt: the controls do not move it.
-    assert report["random_word"]["head_accuracy"] == report["extractor"]["head_accuracy"]
+    # The SER head reads the extractor, not the prompt: the controls do not move it. With the transcript as
+    # content the extractor reads the clip passed as a separate emotion clip: the same vectors.
+    for control in ("random_word", "true_word", "transcript"):
+        assert report[control]["head_accuracy"] == report["extractor"]["head_accuracy"], control
 
 
 def test_frozen_parts_bit_identical_and_optimizer_state_only_for_extractor_and_head(fold0):
@@ -115,7 +117,7 @@ def test_stage2b_pseudo_pairs_train_the_extractor(ser_assets, fold0, tmp_path):
     assert report["trainable_modules"] == ["emotion_extractor", "ser_head"]
     assert report["optimizer_tracked_elems"] == report["trainable_elems"]
     losses = [r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
-    assert losses[-1] < losses[0], losses
+    assert len(losses) == 8 and sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses
     # SER examples mixed in keep SER from degrading.
     assert report["extractor"]["head_accuracy"] >= report2a["extractor"]["head_accuracy"] - 0.1
 

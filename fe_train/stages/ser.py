@@ -36,6 +36,9 @@ trains = ("emotion_extractor", "ser_head")
 
 def build_model(cfg: Config, dtype, partitioned):
     m, e = cfg.model, cfg.emotion
+    if not cfg.train.init_adapter and e.content_source == "speech":
+        raise UserError("config train.init_adapter is empty: stage 2 reads speech through the stage-1 adapter "
+                        "(give its export, e.g. runs/stage1/export/adapter.safetensors)")
     encoder = lookup(ENCODERS, m.encoder, "model.encoder")(m.encoder_path, dtype)  # whole: see align.build_model
     with partitioned():
         llm = load_llm(m.llm_path, dtype, m.llm_activation_checkpointing)
@@ -43,9 +46,6 @@ def build_model(cfg: Config, dtype, partitioned):
     adapter = lookup(ADAPTERS, m.adapter, "model.adapter")(encoder.hidden_size, width, m)
     if cfg.train.init_adapter:
         load_module(adapter, cfg.train.init_adapter, "train.init_adapter")
-    elif e.content_source == "speech":
-        raise UserError("config train.init_adapter is empty: stage 2 reads speech through the stage-1 adapter "
-                        "(give its export, e.g. runs/stage1/export/adapter.safetensors)")
     mix = lookup(EMOTION_MIXES, e.layer_mix, "emotion.layer_mix")(encoder.hidden_size, e)
     pool = lookup(EMOTION_POOLS, e.pool, "emotion.pool")(encoder.hidden_size, e)
     extractor = EmotionExtractor(mix, pool, encoder.hidden_size, width, e.hidden_dim, e.mask_padding)
