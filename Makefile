@@ -26,6 +26,9 @@ test: venv sysdeps
 test-slow: venv sysdeps
 	$(BIN)/python -m pytest -q -m slow tests
 
+test-slurm: venv sysdeps   # the real-Slurm tests alone, both tiers (as root)
+	$(BIN)/python -m pytest -q -m slurm tests
+
 lint: venv
 	$(BIN)/ruff check fe_train tests
 

@@ -1,4 +1,4 @@
-"""Command-line entry points: ``fe-train`` (train, demo) and ``fe-shards`` (build, verify).
+"""Command-line entry points: ``fe-train`` (train, generate, eval-ser, demo) and ``fe-shards`` (build, join, verify).
 
 A ``UserError`` anywhere ends the command with ``error: <message>`` on one line
 and exit status 2.
@@ -21,6 +21,7 @@ PREEMPTED_EXIT = 75
 def setup_logging(rank: int = 0) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("fe_train.launch").setLevel(logging.INFO)  # every rank says who and where it is
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -34,6 +35,9 @@ def setup_logging(rank: int = 0) -> None:
 
 
 def _train(args) -> int:
+    from fe_train.launch import preemption
+
+    preemption.install(["SIGUSR1"])  # before the slow imports and loads: a preemption notice must not kill us
     from fe_train import stages
     from fe_train.config import Config
     from fe_train.launch.env import from_environ
@@ -41,7 +45,7 @@ def _train(args) -> int:
 
     launch = from_environ()
     setup_logging(launch.rank)
-    logging.getLogger("fe_train").info("%s", launch.describe())
+    logging.getLogger("fe_train.launch").info("%s", launch.describe())
     cfg = Config.load(args.config, args.overrides)
     outcome = runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=args.resume)
     if outcome.state.preempted:
@@ -51,6 +55,33 @@ def _train(args) -> int:
     if launch.is_main:
         print(f"trained {cfg.train.stage} to step {outcome.state.step}; checkpoint {outcome.checkpoint}; "
               f"exports {[str(p) for p in outcome.exports]}")
+    return 0
+
+
+def _plan(args) -> int:
+    from fe_train.config import Config
+    from fe_train.engine.memory import GIB, describe, workload_for
+
+    setup_logging(0)
+    cfg = Config.load(args.config, args.overrides)
+    print(describe(workload_for(cfg, args.world_size, args.seq_len), int(args.gpu_gib * GIB)))
+    return 0
+
+
+def _config(args) -> int:
+    """Print the resolved config, or one ``section.key`` of it (the sbatch scripts read run.output_dir)."""
+    import yaml
+
+    from fe_train.config import Config
+
+    tree = Config.load(args.config, args.overrides).to_dict()
+    if not args.get:
+        print(yaml.safe_dump(tree, sort_keys=False), end="")
+        return 0
+    section, _, key = args.get.partition(".")
+    if key not in tree.get(section, {}):
+        raise UserError(f"--get {args.get!r}: expected section.key of the config, e.g. run.output_dir")
+    print(tree[section][key])
     return 0
 
 
@@ -83,18 +114,86 @@ def _demo(args) -> int:
     return run_demo(Path(args.out), nproc=args.nproc, epochs=args.epochs)
 
 
-def _build(args) -> int:
-    from fe_train.data.build import BuildOptions, build
-    from fe_train.data.manifest import Skips, read_manifest
+def _generate(args) -> int:
+    from fe_train.config import Config
+    from fe_train.generate.runner import run
+    from fe_train.launch.env import from_environ
+
+    launch = from_environ()
+    setup_logging(launch.rank)
+    cfg = Config.load(args.config, args.overrides)
+    summary = run(cfg, args.task, args.input, args.out, launch)
+    if summary is None:
+        return 0
+    print(f"generate {args.task}: {summary.line()}; replies in {args.out}")
+    if not summary.complete:
+        print(f"{len(summary.missing)} keys without a reply, e.g. {summary.missing[:5]}: rerun the same command")
+    return 0 if summary.complete else 1
+
+
+def _join(args) -> int:
+    from fe_train.data.join import Target, join_shards
+    from fe_train.data.manifest import Skips
+    from fe_train.data.pipeline import resolve_shards
+    from fe_train.data.units import UnitFiles
+    from fe_train.generate.parts import PartStore
 
     setup_logging(0)
-    if args.corpus != "manifest":
-        raise UserError(f"--corpus {args.corpus!r}: expected one of ['manifest']")
+    replies = None
+    if args.replies:
+        if not PartStore(args.replies).parts():
+            raise UserError(f"--replies {args.replies}: no part-*.jsonl files (expected the --out of fe-train generate)")
+        replies = {key: Target.from_record(r) for key, r in PartStore(args.replies).read().by_key.items()}
+    unit_skips = Skips()
+    units = UnitFiles(args.units, unit_skips) if args.units else None
+    report = join_shards(resolve_shards(args.shards, "--shards"), args.out, replies, units, args.missing == "drop")
+    problems = dict(report.problems.counts, **{f"units_file:{k}": v for k, v in unit_skips.counts.items()})
+    print(f"joined {report.samples} samples into {args.out}: wrote {report.written}, attached {report.attached}, "
+          f"problems {problems}, targets without a sample {report.unused}")
+    return 0
+
+
+def _build(args) -> int:
+    from fe_train.data import corpora
+    from fe_train.data.build import BuildOptions, build
+    from fe_train.data.labels import parse_overrides
+    from fe_train.data.report import format_report
+    from fe_train.data.splits import Holdout
+    from fe_train.data.stats import Skips
+
+    setup_logging(0)
+    corpora.importer(args.corpus)
+    overrides = parse_overrides(args.label)
+    opts = BuildOptions(
+        Path(args.out), prefix=args.prefix, sample_rate_hz=args.sample_rate, max_count=args.max_count,
+        max_bytes=int(args.max_mb * (1 << 20)), min_duration_s=args.min_duration, max_duration_s=args.max_duration,
+        seed=args.seed, workers=args.workers, holdout=tuple(Holdout.parse(h) for h in args.holdout),
+        holdout_split=args.holdout_split, corpus_splits=not args.no_corpus_splits,
+        task_id=args.task_id, task_count=args.task_count,
+        source={"corpus": args.corpus, "root": str(Path(args.root).resolve()), "labels": overrides},
+    )
     skips = Skips()
-    opts = BuildOptions(Path(args.out), prefix=args.prefix, max_count=args.max_count)
-    index = build(read_manifest(args.root, skips), opts, skips)
-    print(f"wrote {index.count} samples ({index.hours:.3f} h) in {len(index.shards)} shards to {args.out}; "
-          f"skipped {sum(skips.counts.values())} {skips.counts}")
+    result = build(corpora.scan(args.corpus, args.root, skips, overrides), opts, skips)
+    print(f"task {opts.task_id}/{opts.task_count}: wrote {len(result.written)} of its "
+          f"{len(result.plan.slice(opts.task_id, opts.task_count))} shards ({len(result.plan.jobs)} planned) in {args.out}")
+    if result.merged.complete:
+        print(format_report(result.merged.report))
+    else:
+        print(f"waiting for {len(result.merged.missing)} shard(s) of other tasks; the last task to finish "
+              f"merges the indexes (or run: fe-shards merge {args.out})")
+    return 0
+
+
+def _merge(args) -> int:
+    from fe_train.data.ledger import Ledger
+    from fe_train.data.report import format_report
+
+    setup_logging(0)
+    merged = Ledger(args.directory).merge()
+    if not merged.complete:
+        print(f"incomplete: {len(merged.missing)} planned shard(s) missing, e.g. {merged.missing[:5]}")
+        return 1
+    print(format_report(merged.report))
     return 0
 
 
@@ -113,6 +212,8 @@ def _verify(args) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fe-train", description="Train FreezeEmpath's non-frozen parts.")
+    # The deepspeed launcher puts --local_rank=N right after `-m fe_train`, before the subcommand.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one stage from a config")
     train.add_argument("--config", required=True, help="YAML file of overrides, e.g. configs/stage1_tiny.yaml")
@@ -120,6 +221,26 @@ def train_main(argv: list[str] | None = None) -> int:
     train.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
     train.set_defaults(run=_train)
+    plan = sub.add_parser("plan", help="which ds_config fits: expected GPU memory of each way to hold the frozen LLM")
+    plan.add_argument("--config", required=True)
+    plan.add_argument("--gpu-gib", type=float, default=80.0, help="memory of one GPU")
+    plan.add_argument("--world-size", type=int, default=8, help="ranks (GPUs) in the job")
+    plan.add_argument("--seq-len", type=int, default=1024, help="LLM tokens per sample (prompt + speech + reply)")
+    plan.add_argument("overrides", nargs="*")
+    plan.set_defaults(run=_plan)
+    generate = sub.add_parser("generate", help="the frozen LLM's replies to the instructions: stage 1 and 2b targets")
+    generate.add_argument("--task", required=True, help="distill (stage 1) or empathy (stage 2b)")
+    generate.add_argument("--input", required=True, help="instruction shards (directory, brace pattern, glob) or a .jsonl manifest")
+    generate.add_argument("--out", required=True, help="directory of jsonl parts; rerunning continues where it ended")
+    generate.add_argument("--config", default=None, help="YAML file of overrides (model.llm_path, generate.*, engine.*)")
+    generate.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    generate.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. generate.batch_size=32")
+    generate.set_defaults(run=_generate)
+    show = sub.add_parser("config", help="print the resolved config (defaults, YAML, overrides)")
+    show.add_argument("--config", required=True, help="YAML file of overrides")
+    show.add_argument("--get", default="", help="print only this section.key, e.g. run.output_dir")
+    show.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    show.set_defaults(run=_config)
     eval_ser = sub.add_parser("eval-ser", help="SER accuracy of exports on data.eval_shards (generated word and SER head)")
     eval_ser.add_argument("--config", required=True, help="YAML file of overrides, e.g. configs/stage2a_tiny.yaml")
     eval_ser.add_argument("--out", default="", help="also write the result as JSON to this file")
@@ -138,12 +259,39 @@ def shards_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fe-shards", description="Build and verify WebDataset shards.")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="write shards from a corpus")
-    build.add_argument("--corpus", required=True, help="importer: manifest")
+    build.add_argument("--corpus", required=True, help="importer: ravdess, cremad, esd, iemocap, meld, manifest, "
+                       "instructions (a manifest of instruction text, audio and reply), instructs2s")
     build.add_argument("--root", required=True, help="corpus root (for manifest: the JSONL file)")
-    build.add_argument("--out", required=True, help="output shard directory")
-    build.add_argument("--prefix", default="train", help="shard name prefix")
-    build.add_argument("--max-count", type=int, default=1000, help="samples per shard")
+    build.add_argument("--out", required=True, help="output folder: OUT/<split>/<split>-NNNNNN.tar + index.json")
+    build.add_argument("--prefix", default="train", help="split of clips without one of their own")
+    build.add_argument("--max-count", type=int, default=1000, help="samples per shard at most")
+    build.add_argument("--max-mb", type=float, default=256.0, help="audio MiB per shard at most (as 16-bit PCM)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the global shuffle")
+    build.add_argument("--workers", type=int, default=1, help="worker processes (one core each)")
+    build.add_argument("--sample-rate", type=int, default=16000, help="stored sample rate in Hz")
+    build.add_argument("--min-duration", type=float, default=0.2, help="shorter clips are skipped (seconds)")
+    build.add_argument("--max-duration", type=float, default=30.0, help="longer clips are skipped (seconds)")
+    build.add_argument("--holdout", action="append", default=[], metavar="FIELD=VALUES",
+                       help="send clips whose field matches to the held-out split, e.g. speaker=Actor_01,Actor_02 "
+                            "or session=Session5 (repeatable; shell patterns allowed)")
+    build.add_argument("--holdout-split", default="test", help="name of the held-out split")
+    build.add_argument("--no-corpus-splits", action="store_true", help="ignore the splits a corpus ships")
+    build.add_argument("--label", action="append", default=[], metavar="RAW=CLASS",
+                       help="map a raw corpus label to a class or 'drop', e.g. calm=neutral, exc=drop")
+    build.add_argument("--task-id", type=int, default=0, help="this array task's slice of the shards")
+    build.add_argument("--task-count", type=int, default=1, help="number of array tasks")
     build.set_defaults(run=_build)
+    merge = sub.add_parser("merge", help="merge the indexes and reports of a build's array tasks")
+    merge.add_argument("directory")
+    merge.set_defaults(run=_merge)
+    join = sub.add_parser("join", help="attach generated replies and/or TTS units to shard samples by key")
+    join.add_argument("--shards", required=True, help="input shards (directory, brace pattern or glob)")
+    join.add_argument("--out", required=True, help="new directory for the joined shards")
+    join.add_argument("--replies", default="", help="the --out directory of fe-train generate")
+    join.add_argument("--units", default="", help="directory of {key}.npy files and/or .jsonl files of {key, units}")
+    join.add_argument("--missing", choices=("keep", "drop"), default="keep",
+                      help="samples without a target: keep them unchanged (counted) or drop them (counted)")
+    join.set_defaults(run=_join)
     verify = sub.add_parser("verify", help="read back every sample of a shard directory")
     verify.add_argument("directory")
     verify.set_defaults(run=_verify)
@@ -160,7 +308,16 @@ def _dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
 
 
 def main() -> None:
-    sys.exit(train_main())
+    code = train_main()
+    # NOTE(torch): skip interpreter teardown once the work is done and the process group is gone.
+    # Threads that C++ libraries (gloo, DataLoader pin-memory, DeepSpeed's shm op) still own are
+    # destroyed joinable during static destruction, which aborts the process ("terminate called
+    # without an active exception") after a clean run; teardown also spent 8-15 s collecting
+    # module dictionaries under load. Outputs are flushed first; wandb was finished by the tracker.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def shards() -> None:

@@ -76,7 +76,7 @@ class DataConfig:
     shuffle: bool = True
     """Shuffle shard order and samples within each shard, anew each epoch from the seed."""
     max_skip_fraction: float = 0.01
-    """Stop with an error naming the shards when more than this fraction of samples is skipped."""
+    """Stop with an error naming the shards once the skipped samples exceed this fraction of the epoch's samples."""
 
     def __post_init__(self):
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
@@ -121,10 +121,12 @@ class TrainConfig:
     """Checkpoints kept; older ones are deleted once a newer one is complete."""
     init_adapter: str = ""
     """A ``adapter.safetensors`` export to start the adapter from (stages after 1)."""
+    max_nonfinite_steps: int = 10
+    """Stop (after saving the last good state) when this many micro-batches in a row have a NaN/inf loss."""
 
     def __post_init__(self):
         _require(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}")
-        for key in ("epochs", "global_batch_size", "micro_batch_size", "log_every", "keep_last"):
+        for key in ("epochs", "global_batch_size", "micro_batch_size", "log_every", "keep_last", "max_nonfinite_steps"):
             _require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "an integer >= 1")
         for key in ("max_steps", "eval_every", "save_every"):
             _require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "an integer >= 0")
@@ -162,6 +164,10 @@ class RunConfig:
     """wandb project."""
     progress_bar: bool = True
     """Show a tqdm bar with loss and samples/s on rank 0."""
+    peak_tflops: float = 0.0
+    """Peak FLOP/s of one device in TFLOP/s for MFU (0: known GPUs by name, none on CPU)."""
+    log_keys: bool = False
+    """Write the sample keys of every micro-batch to ``keys/rank*.jsonl`` (an audit of exactly-once reading)."""
     checkpoint_signals: list = field(default_factory=lambda: ["SIGUSR1"])
     """Signals that make the run save a checkpoint at the next step and exit with status 75 (preemption)."""
 
@@ -171,11 +177,63 @@ class RunConfig:
             _require(isinstance(name, str) and hasattr(signal, name), "run.checkpoint_signals", name, "signal names such as SIGUSR1")
 
 
-EMPATHETIC_SYSTEM = (
-    "You are an empathetic spoken chatbot. Please provide a very short but helpful response to the user "
-    "with empathy toward the user's emotional tone."
-)
-"""The system prompt of the released FreezeEmpath model (stages 2 and later)."""
+EMPATHY_SYSTEM = ("You are an empathetic spoken chatbot. Please provide a very short but helpful response to the user "
+                  "with empathy toward the user's emotional tone.")
+LLM_PLACEMENTS = ("replicate", "zero3")
+
+
+@dataclass
+class GenerateConfig:
+    """Target generation by the frozen LLM (``fe-train generate``): stage 1 and stage 2b replies."""
+
+    llm_placement: str = "replicate"
+    """replicate: a whole LLM per rank; zero3: partitioned over ranks by DeepSpeed ZeRO-3 (policy: engine.ds_config)."""
+    precision: str = "bf16"
+    """Weights and compute of the LLM: bf16 or fp32."""
+    batch_size: int = 16
+    """Prompts per generate call per rank (prompts are sorted by length, longest first)."""
+    max_new_tokens: int = 512
+    """Reply tokens generated at most; a reply cut here is stored and counted as unfinished."""
+    do_sample: bool = False
+    """Sample instead of greedy decoding."""
+    temperature: float = 1.0
+    """Sampling temperature (with do_sample)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (with do_sample; 1.0: off)."""
+    top_k: int = 0
+    """Sample from the k most likely tokens (with do_sample; 0: off)."""
+    repetition_penalty: float = 1.0
+    """HF repetition penalty (1.0: off). Set explicitly so a model's generation_config.json cannot change it."""
+    seed: int = 0
+    """Seed of the sampling and of the pseudo labels."""
+    batches_per_part: int = 8
+    """Batches a rank generates before writing them as one jsonl part (the work lost to a kill, at most)."""
+    empathy_system: str = EMPATHY_SYSTEM
+    """System prompt of the empathy task."""
+    empathy_user: str = "<speech>(with a <emotion> emotional tone)."
+    """User turn of the empathy task: ``<speech>`` becomes the instruction text, ``<emotion>`` the pseudo label word."""
+    label_shards: str = ""
+    """SER training shards whose ``emotion`` counts give the pseudo-label distribution (the recipe's default)."""
+    label_weights: list = field(default_factory=list)
+    """Pseudo-label weights in the order of EMOTIONS, instead of label_shards (e.g. [1, 1, 1, 1, 1])."""
+
+    def __post_init__(self):
+        _require(self.llm_placement in LLM_PLACEMENTS, "generate.llm_placement", self.llm_placement, f"one of {LLM_PLACEMENTS}")
+        _require(self.precision in PRECISIONS, "generate.precision", self.precision, f"one of {PRECISIONS}")
+        for key in ("batch_size", "max_new_tokens", "batches_per_part"):
+            _require(getattr(self, key) >= 1, f"generate.{key}", getattr(self, key), "an integer >= 1")
+        _require(self.temperature > 0, "generate.temperature", self.temperature, "a positive number")
+        _require(0.0 < self.top_p <= 1.0, "generate.top_p", self.top_p, "a fraction in (0, 1]")
+        _require(self.top_k >= 0, "generate.top_k", self.top_k, "an integer >= 0")
+        _require(self.repetition_penalty > 0, "generate.repetition_penalty", self.repetition_penalty, "a positive number")
+        weights_ok = not self.label_weights or (
+            len(self.label_weights) == len(EMOTIONS)
+            and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in self.label_weights)
+            and sum(self.label_weights) > 0)
+        _require(weights_ok, "generate.label_weights", self.label_weights,
+                 f"{len(EMOTIONS)} non-negative numbers, not all zero, in the order {list(EMOTIONS)}")
+
+
 EMOTION_SOURCES = ("extractor", "random_word", "true_word")
 CONTENT_SOURCES = ("speech", "transcript")
 
@@ -235,6 +293,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
 
     @classmethod

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,14 +38,42 @@ def torchrun(args: list[str], nproc: int = 2, timeout: int = 600, **popen) -> su
     return subprocess.run(cmd, env=dist_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO, **popen)
 
 
+ASSET_SOURCES = ("fe_train/fixtures", "fe_train/data/synthetic.py", "fe_train/data/writer.py", "fe_train/data/schema.py",
+                 "fe_train/data/features.py", "fe_train/data/audio.py", "fe_train/generate/replies.py")
+
+
+def cached_build(name: str, build, sources=ASSET_SOURCES):
+    """Build once into .cache/<name>/<digest of the sources that make it>, reused by later sessions.
+
+    The builders are deterministic, so a cached copy equals a fresh one; a change to any
+    source file gives a new digest. Built under a temporary name and renamed, so
+    concurrent sessions never see half a build.
+    """
+    digest = hashlib.sha256()
+    for source in sources:
+        for path in sorted((REPO / source).rglob("*.py")) if (REPO / source).is_dir() else [REPO / source]:
+            digest.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
+    digest.update(subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.encode())
+    target = REPO / ".cache" / name / digest.hexdigest()[:16]
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=target.parent, prefix="partial-"))
+        build(partial)
+        try:
+            partial.rename(target)
+        except OSError:  # another session finished first
+            shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
 @pytest.fixture(scope="session")
-def assets(tmp_path_factory):
-    """Tiny frozen LLM + Whisper and spoken-instruction shards (about 40 s to build)."""
+def assets():
+    """Tiny frozen LLM + Whisper and spoken-instruction shards (about 40 s to build; cached in .cache/assets)."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed (tests/sysdeps.sh installs it)")
-    from fe_train.fixtures.assets import build_assets
+    from fe_train.fixtures.assets import Assets, build_assets
 
-    return build_assets(tmp_path_factory.mktemp("assets"))
+    return Assets(cached_build("assets", build_assets))
 
 
 @pytest.fixture(scope="session")

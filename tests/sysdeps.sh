@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Debian packages the tests use: espeak-ng and sox (real speech), slurm + munge (the real-Slurm tier),
-# shellcheck (script lint). Installs what is missing when run as root with apt-get; otherwise says
+# Debian packages the tests use: espeak-ng and sox (real speech), slurm + munge (the real-Slurm tier)
+# and shellcheck (script lint). Installs what is missing when run as root with apt-get; otherwise says
 # what is missing and leaves it (the tests that need it are skipped with that reason).
 set -euo pipefail
 need=()

@@ -46,3 +46,12 @@ def test_existing_checkpoint_is_not_overwritten(assets, tmp_path):
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step00000001")
     proc = fe_train("train", "--config", str(REPO / "configs" / "stage1_tiny.yaml"), *stage1_overrides(assets, tmp_path / "run"))
     assert proc.returncode == 2 and "already holds checkpoint step00000001: pass --resume" in last_line(proc)
+
+
+def test_config_command_prints_the_resolved_key():
+    """What slurm/train.sbatch reads to find run.output_dir (and the rank logs and checkpoints in it)."""
+    config = str(REPO / "configs" / "stage1_tiny.yaml")
+    proc = fe_train("config", "--config", config, "--get", "run.output_dir", "run.output_dir=/x/run")
+    assert (proc.returncode, proc.stdout) == (0, "/x/run\n"), proc.stderr
+    proc = fe_train("config", "--config", config, "--get", "run.outdir")
+    assert proc.returncode == 2 and last_line(proc).startswith("error: --get 'run.outdir': expected section.key")

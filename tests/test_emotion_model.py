@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from conftest import REPO
 from fe_train import stages
-from fe_train.config import EMPATHETIC_SYSTEM, Config
+from fe_train.config import EMPATHY_SYSTEM, Config
 from fe_train.data.collate import Collate
 from fe_train.data.features import LogMel
 from fe_train.data.pipeline import Example
@@ -132,7 +132,7 @@ def test_stage2_presets_hold_the_paper_numbers():
     assert (paper_a.train.stage, paper_a.train.epochs, paper_a.train.global_batch_size, paper_a.train.lr) == ("ser", 3, 128, 2e-4)
     assert (paper_b.train.stage, paper_b.train.epochs, paper_b.train.global_batch_size, paper_b.train.lr) == ("empathy", 1, 128, 5e-6)
     for cfg in (paper_a, paper_b):
-        assert cfg.prompt.system == EMPATHETIC_SYSTEM and cfg.prompt.user_speech == "<speech>(with a <emotion> emotional tone)."
+        assert cfg.prompt.system == EMPATHY_SYSTEM and cfg.prompt.user_speech == "<speech>(with a <emotion> emotional tone)."
         assert (cfg.emotion.layer_mix, cfg.emotion.pool, cfg.emotion.aux_weight, cfg.emotion.hidden_dim) == ("gate", "attention", 0.8, 2048)
         assert not cfg.emotion.mask_padding  # as the released inference code
     assert stages.recipe("ser").trains == stages.recipe("empathy").trains == ("emotion_extractor", "ser_head")

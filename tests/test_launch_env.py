@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from fe_train.launch.env import expand_hostlist, from_environ, slurm_port
@@ -59,3 +61,10 @@ def test_hostlist(hostlist, hosts):
 def test_ports_differ_between_jobs():
     assert slurm_port("100") != slurm_port("101")
     assert 20000 <= slurm_port("999999") < 40000
+
+
+def test_record_names_host_and_its_address():
+    # The address the host name resolves to is what gloo/NCCL advertise: 127.0.0.1 breaks multi-node runs.
+    env = from_environ({})
+    assert env.host_addr == socket.gethostbyname(socket.gethostname())
+    assert f"on {env.hostname} ({env.host_addr}) via single" in env.describe()

@@ -46,8 +46,10 @@ class TrainerState:
     samples: int = 0
     """Real (non-padding) samples trained on, over all ranks."""
     wandb_id: str = ""
+    nonfinite_skipped: int = 0
+    """Micro-batches dropped on every rank because some rank's loss was NaN or inf."""
     preempted: bool = False
-    """The run stopped on a checkpoint signal before its last step (not saved: set on exit)."""
+    """The run stopped on a checkpoint signal before its last step (slurm/train.sbatch reads it to requeue)."""
 
 
 class CheckpointStore:
@@ -57,14 +59,15 @@ class CheckpointStore:
         self.keep_last = keep_last
 
     def latest_tag(self) -> str | None:
+        """The newest complete checkpoint: the one ``latest`` names, else the newest with its state file."""
         pointer = self.root / "latest"
-        if not pointer.is_file():
-            return None
-        tag = pointer.read_text().strip()
-        if not (self.root / tag / STATE_NAME).is_file():
-            log.warning("checkpoint %s named by %s is incomplete; ignoring it", tag, pointer)
-            return None
-        return tag
+        if pointer.is_file():
+            tag = pointer.read_text().strip()
+            if (self.root / tag / STATE_NAME).is_file():
+                return tag
+            log.warning("checkpoint %s named by %s is incomplete; looking for an older one", tag, pointer)
+        complete = sorted(p.parent.name for p in self.root.glob(f"step*/{STATE_NAME}") if not p.parent.name.endswith(PARTIAL))
+        return complete[-1] if complete else None
 
     def save(self, engine, state: TrainerState, cfg: Config, barrier) -> Path:
         """Collective: every rank calls it. Returns the final checkpoint directory."""
@@ -87,16 +90,27 @@ class CheckpointStore:
         barrier()
         return final
 
-    def load(self, engine, tag: str) -> TrainerState:
-        """Collective: restore trainable weights, optimizer, scheduler and this rank's RNG."""
+    def read_state(self, tag: str) -> TrainerState:
+        return TrainerState(**json.loads((self.root / tag / STATE_NAME).read_text()))
+
+    def universal_dir(self, tag: str) -> Path:
+        """Where the world-size-independent (DeepSpeed universal) form of checkpoint ``tag`` goes."""
+        return self.root / "universal" / tag
+
+    def load(self, engine, tag: str, universal: bool = False) -> TrainerState:
+        """Collective: restore trainable weights, optimizer, scheduler and this rank's RNG.
+
+        ``universal``: load the universal form made by ``fe_train.engine.universal`` (another world size).
+        """
+        weights = self.universal_dir(tag) if universal else self.root / tag
         engine.load_checkpoint(
-            str(self.root),
-            tag=tag,
+            str(weights.parent),
+            tag=weights.name,
             load_module_strict=False,  # frozen weights are not in the checkpoint
             load_optimizer_states=True,
             load_lr_scheduler_states=True,
         )
-        state = TrainerState(**json.loads((self.root / tag / STATE_NAME).read_text()))
+        state = self.read_state(tag)
         rng_file = self.root / tag / "rng" / f"rank{self.rank:05d}.json"
         if rng_file.is_file():
             set_rng_state(json.loads(rng_file.read_text()))

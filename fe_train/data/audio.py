@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+from functools import lru_cache
 
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+import torchaudio.transforms as T
 
 from fe_train.data.schema import SampleError
 
@@ -30,8 +31,15 @@ def decode(data: bytes | str, sample_rate_hz: int) -> np.ndarray:
 def resample(wave: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
     if from_hz == to_hz:
         return np.ascontiguousarray(wave, dtype=np.float32)
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), from_hz, to_hz)
+    with torch.no_grad():
+        out = _resampler(from_hz, to_hz)(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))
     return out.numpy()
+
+
+@lru_cache(maxsize=16)
+def _resampler(from_hz: int, to_hz: int) -> torch.nn.Module:
+    """torchaudio's sinc resampler with its kernel built once per rate pair (same output as the functional form)."""
+    return T.Resample(from_hz, to_hz)
 
 
 def encode_flac(wave: np.ndarray, sample_rate_hz: int) -> bytes:

@@ -1,75 +1,91 @@
 """The generic JSONL manifest importer: one clip per line, any soundfile-readable audio.
 
-Each line is an object with ``audio`` (a path, relative to the manifest's folder
-or absolute) and optionally ``key``, ``text``, ``reply``, ``emotion``,
-``pseudo_emotion``, ``speaker``, ``corpus``, ``split``; every other field is kept in
-the sample's JSON untouched. A line that cannot be used is skipped and counted.
+Each line is an object with the audio as ``audio`` (a path, relative to the
+manifest's folder or absolute) or ``audio_base64`` (the bytes of a
+soundfile-readable file, base64-encoded), and optionally ``key``, ``text``,
+``reply``, ``emotion``, ``pseudo_emotion``, ``speaker``, ``corpus``, ``split``
+and ``units`` (a list of ints or a ``"<n><n>..."`` string, stored as
+``{key}.units.npy``). Every other field is kept in the sample's JSON untouched.
+
+``emotion`` goes through the label map: by default the five classes as the
+recipe spells them, and ``--label joy=happy --label fear=drop`` maps any other
+corpus's names. For speech instructions (corpus ``instructions``), ``text`` is
+the instruction (required) and ``reply`` its reply text. A line that cannot be
+used is skipped and counted by reason with its ``file:line``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from fe_train.config import EMOTIONS
+from fe_train.data.clip import Clip, parse_units, safe_key
+from fe_train.data.labels import IDENTITY, LabelMap
 from fe_train.data.schema import KNOWN_FIELDS, Meta, SampleError
+from fe_train.data.stats import Skips
 from fe_train.errors import UserError
 
-KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+__all__ = ["Clip", "Skips", "read_manifest", "safe_key"]
+
+NAME = "manifest"
+LABELS = IDENTITY
 
 
-def safe_key(text: str) -> str:
-    """A sample key WebDataset groups correctly: no dots or slashes (``a/b.c`` -> ``a-b-c``)."""
-    return KEY_CHARS.sub("-", text).strip("-")
-
-
-@dataclass
-class Clip:
-    meta: Meta
-    audio: Path
-
-
-@dataclass
-class Skips:
-    counts: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def add(self, reason: str, where: str, keep: int = 5) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        self.examples.setdefault(reason, [])
-        if len(self.examples[reason]) < keep:
-            self.examples[reason].append(where)
-
-
-def read_manifest(path: str | Path, skips: Skips) -> Iterator[Clip]:
+def read_manifest(path: str | Path, skips: Skips, labels: LabelMap | None = None,
+                  require_text: bool = False) -> Iterator[Clip]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest {path}: no such file (expected a JSONL file with one clip per line)")
+    labels = labels or LabelMap(LABELS)
     with open(path, encoding="utf-8") as stream:
         for number, line in enumerate(stream, 1):
             if not line.strip():
                 continue
             where = f"{path}:{number}"
             try:
-                yield _clip(json.loads(line), path.parent, where)
+                yield _clip(json.loads(line), path, number, labels, require_text)
             except json.JSONDecodeError:
                 skips.add("bad_json", where)
             except SampleError as exc:
-                skips.add(exc.reason, where)
+                skips.add(exc.reason, f"{where} ({exc.detail})" if exc.detail else where)
 
 
-def _clip(record, base: Path, where: str) -> Clip:
+def scan(root: str | Path, labels: LabelMap, skips: Skips) -> Iterator[Clip]:
+    return read_manifest(root, skips, labels)
+
+
+def scan_instructions(root: str | Path, labels: LabelMap, skips: Skips) -> Iterator[Clip]:
+    return read_manifest(root, skips, labels, require_text=True)
+
+
+def _clip(record, manifest: Path, number: int, labels: LabelMap, require_text: bool) -> Clip:
     if not isinstance(record, dict):
-        raise SampleError("bad_json")
-    audio = record.pop("audio", None)
-    if not isinstance(audio, str) or not audio:
-        raise SampleError("missing_field:audio")
-    audio_path = Path(audio) if Path(audio).is_absolute() else base / audio
-    if record.get("emotion") and record["emotion"] not in EMOTIONS:
-        raise SampleError("unknown_label")
-    key = safe_key(str(record.pop("key", "") or Path(audio).with_suffix("").as_posix()))
+        raise SampleError("bad_json", "not an object")
+    audio, encoded = record.pop("audio", None), record.pop("audio_base64", None)
+    if isinstance(audio, str) and audio:
+        source: Path | bytes = Path(audio) if Path(audio).is_absolute() else manifest.parent / audio
+        default_key = Path(audio).with_suffix("").as_posix()
+    elif isinstance(encoded, str) and encoded:
+        try:
+            source = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise SampleError("bad_base64") from None
+        default_key = f"{manifest.stem}-{number}"
+    else:
+        raise SampleError("missing_field:audio", "expected 'audio' (a path) or 'audio_base64'")
+    if require_text and not (isinstance(record.get("text"), str) and record["text"].strip()):
+        raise SampleError("missing_transcript", "an instruction needs its 'text'")
+    if record.get("emotion"):
+        record["label_raw"] = record["emotion"]
+        record["emotion"] = labels(str(record["emotion"]))
+    units = record.pop("units", None)
+    units = parse_units(units) if units is not None else None
+    key = safe_key(str(record.pop("key", "") or default_key))
+    if not key:
+        raise SampleError("bad_key", "empty after removing characters other than A-Z a-z 0-9 _ -")
     known = {name: record.pop(name) for name in KNOWN_FIELDS if name in record and name != "key"}
-    return Clip(Meta(key=key, **known, extra=record), audio_path)
+    where = f"{manifest}:{number}"
+    return Clip(Meta(key=key, **known, extra=record), source, where=where, units=units)

@@ -150,7 +150,7 @@ class PairStream(ShardStream):
                 if raw is None:
                     yield url, SampleError("missing_in_shard", url)
                 else:
-                    yield raw.get("__key__", ""), raw if role == SER_ROLE else self._paired(raw)
+                    yield url, raw if role == SER_ROLE else self._paired(raw)
 
     def _paired(self, raw: RawSample) -> RawSample | SampleError:
         if "json" not in raw:

@@ -139,18 +139,20 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def _batches(self, batches: list[MicroBatch]) -> Iterator[dict[str, Any]]:
         skipped: Counter[str] = Counter()
+        skipped_in: Counter[str] = Counter()
         samples = self._samples([span for batch in batches for span in batch.spans])
         fallback: Example | None = None
         for batch in batches:
             examples = []
             for _ in range(batch.size - batch.pad):
-                key, raw = next(samples)
+                url, raw = next(samples)
                 try:
                     if isinstance(raw, SampleError):
                         raise raw
                     examples.append(self.build(raw))
                 except SampleError as exc:
                     skipped[exc.reason] += 1
+                    skipped_in[os.path.basename(url)] += 1
             if batch.pad or not examples:
                 # A rank that ran short, or a micro-batch whose samples all failed: every rank must
                 # still step, so the micro-batch is filled with a zero-weight copy of a good sample.
@@ -158,8 +160,9 @@ class ShardStream(torch.utils.data.IterableDataset):
                 examples += [Example(filler.key, filler.fields, pad=True)] * max(batch.pad, 1 - len(examples))
             fallback = examples[0]
             out = self.collate(examples)
-            out["skipped"] = dict(skipped)
+            out["skipped"], out["skipped_shards"] = dict(skipped), dict(skipped_in)
             skipped.clear()
+            skipped_in.clear()
             yield out
 
     def _first_example(self) -> Example:
@@ -173,7 +176,10 @@ class ShardStream(torch.utils.data.IterableDataset):
         raise UserError("no usable sample in the shards to pad a micro-batch with")
 
     def _samples(self, spans: list[Span]) -> Iterator[tuple[str, RawSample | SampleError]]:
-        """The samples at ``spans`` in plan order; each shard is read once per run of spans."""
+        """(shard url, sample) at ``spans`` in plan order; each shard is read once per run of spans.
+
+        A sample the shard does not deliver (a truncated tar) comes as a ``SampleError``.
+        """
         for run in shard_runs(spans):
             shard = run[0].shard
             order = self.plan.sample_order(shard)
@@ -182,10 +188,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             found = read_positions(url, set(wanted))
             for position in wanted:
                 raw = found.pop(position, None)
-                if raw is None:
-                    yield url, SampleError("missing_in_shard", url)
-                else:
-                    yield raw.get("__key__", ""), raw
+                yield url, raw if raw is not None else SampleError("missing_in_shard", url)
 
 
 def shard_runs(spans: list[Span]) -> list[list[Span]]:

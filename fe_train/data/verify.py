@@ -25,7 +25,20 @@ class ShardReport:
 
 
 def verify(directory: str | Path, sample_rate_hz: int = 16000) -> list[ShardReport]:
+    """Every shard of a shard folder, or of each split folder of a build folder (``OUT/<split>/``)."""
     directory = Path(directory)
+    splits = sorted(p for p in directory.iterdir() if (p / INDEX_NAME).is_file()) if directory.is_dir() else []
+    if splits and not any(directory.glob("*.tar")):
+        reports = []
+        for split in splits:
+            for report in _verify_folder(split, sample_rate_hz):
+                report.name = f"{split.name}/{report.name}"
+                reports.append(report)
+        return reports
+    return _verify_folder(directory, sample_rate_hz)
+
+
+def _verify_folder(directory: Path, sample_rate_hz: int) -> list[ShardReport]:
     indexed = {}
     if (directory / INDEX_NAME).is_file():
         indexed = {r.name: r.count for r in ShardIndex.read(directory / INDEX_NAME).shards}

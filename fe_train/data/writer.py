@@ -10,8 +10,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,8 +73,16 @@ class ShardIndex:
         return path
 
 
-def write_tar(path: str | os.PathLike, samples: Iterable[EncodedSample]) -> ShardRecord:
-    """Write one shard atomically; returns its index record."""
+def write_tar(
+    path: str | os.PathLike,
+    samples: Iterable[EncodedSample],
+    before_rename: Callable[[ShardRecord], None] | None = None,
+) -> ShardRecord:
+    """Write one shard atomically; returns its index record.
+
+    ``before_rename`` runs once the tar is complete on disk and before it takes its
+    final name, so whatever it writes exists whenever the shard does.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     count, duration, nbytes = 0, 0.0, 0
@@ -90,8 +99,11 @@ def write_tar(path: str | os.PathLike, samples: Iterable[EncodedSample]) -> Shar
         stream.flush()
     with open(tmp, "rb+") as stream:
         os.fsync(stream.fileno())
+    record = ShardRecord(name=path.name, count=count, duration_s=round(duration, 6), nbytes=nbytes)
+    if before_rename is not None:
+        before_rename(record)
     os.replace(tmp, path)
-    return ShardRecord(name=path.name, count=count, duration_s=round(duration, 6), nbytes=nbytes)
+    return record
 
 
 def group_into_shards(
@@ -130,13 +142,17 @@ def write_shards(
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``path`` whole or not at all; processes writing the same file at once each use their own temporary."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def encode_sample(meta, wave, sample_rate_hz: int, units=None) -> EncodedSample:

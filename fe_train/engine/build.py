@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 def device_for(launch: LaunchEnv) -> torch.device:
     if torch.cuda.is_available():
-        return torch.device("cuda", launch.local_rank)
+        # modulo: a site that binds one GPU per task (--gpus-per-task) shows each rank only its own
+        return torch.device("cuda", launch.local_rank % torch.cuda.device_count())
     return torch.device("cpu")
 
 

@@ -8,11 +8,12 @@ epoch are removed from it and the rest is planned anew (see ``fe_train.data.plan
 
 from __future__ import annotations
 
+import json
 import logging
-import signal
 import time
 from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,11 +24,13 @@ from fe_train.data.pipeline import ShardStream, build_loader
 from fe_train.data.plan import EpochPlan, Geometry, Span
 from fe_train.engine.build import all_reduce_sum, barrier
 from fe_train.errors import UserError
+from fe_train.launch import preemption
+from fe_train.tracking.flops import mfu
 from fe_train.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
-SUMMED = ("loss_sum", "n_tokens", "n_correct", "samples")
+SUMMED = ("loss_sum", "n_tokens", "n_correct", "samples", "flops")
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -35,24 +38,32 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 class Meter:
-    """Sums of a stage's outputs between two log points, reduced over ranks on read."""
+    """Sums of a stage's outputs between two log points, reduced over ranks on read.
 
-    def __init__(self):
+    ``flops(batch)`` counts a micro-batch's model FLOPs; with ``peak`` (FLOP/s per device)
+    the meter also reports MFU.
+    """
+
+    def __init__(self, flops=None, peak: float = 0.0):
+        self.flops, self.peak = flops, peak
         self.sums = torch.zeros(len(SUMMED), dtype=torch.float64)
         self.skipped: Counter[str] = Counter()
+        self.skipped_shards: Counter[str] = Counter()
         self.started = time.perf_counter()
 
     def add(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         n_tokens = float(out["n_tokens"])
+        flops = self.flops(batch) if self.flops is not None else 0.0
         self.sums += torch.tensor(
-            [float(out["loss"].detach()) * n_tokens, n_tokens, float(out["n_correct"]), float(batch["weight"].sum())],
+            [float(out["loss"].detach()) * n_tokens, n_tokens, float(out["n_correct"]), float(batch["weight"].sum()), flops],
             dtype=torch.float64,
         )
         self.skipped.update(batch.get("skipped", {}))
+        self.skipped_shards.update(batch.get("skipped_shards", {}))
 
     def reduce(self, device: torch.device, prefix: str) -> dict[str, float]:
         sums = all_reduce_sum(self.sums.to(device)).cpu()
-        loss_sum, n_tokens, n_correct, samples = sums.tolist()
+        loss_sum, n_tokens, n_correct, samples, flops = sums.tolist()
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         metrics = {
             f"{prefix}/loss": loss_sum / max(n_tokens, 1.0),
@@ -60,35 +71,49 @@ class Meter:
             f"{prefix}/samples": samples,
             f"{prefix}/samples_per_s": samples / elapsed,
         }
-        self.__init__()
+        if flops:
+            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+            metrics[f"{prefix}/tflops_per_s_per_rank"] = flops / elapsed / world / 1e12
+            if self.peak:
+                metrics[f"{prefix}/mfu"] = mfu(flops / world, elapsed, self.peak)
+        self.__init__(self.flops, self.peak)
         return metrics
 
 
-class StopRequest:
-    """Set by a checkpoint signal (e.g. SLURM's ``--signal=USR1@120``); ranks agree on it at each step."""
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss stayed non-finite); a checkpoint of the last good state was saved."""
 
-    def __init__(self, names: list[str]):
-        self.flag = False
-        for name in names:
-            signal.signal(getattr(signal, name), self._set)
 
-    def _set(self, signum, frame) -> None:
-        self.flag = True
+class KeysLog:
+    """Which sample keys each micro-batch held (``run.log_keys``): the audit trail of exactly-once reading."""
 
-    def agreed(self, device: torch.device) -> bool:
-        """True on every rank once any rank was signalled (one scalar all-reduce)."""
-        return bool(all_reduce_sum(torch.tensor([float(self.flag)], device=device)).item())
+    def __init__(self, path: Path | None):
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, state: TrainerState, batch: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        record = {"step": state.step, "epoch": state.epoch, "micro": state.micro_in_epoch, "keys": batch["keys"]}
+        with open(self.path, "a") as stream:
+            stream.write(json.dumps(record) + "\n")
 
 
 class Trainer:
     def __init__(self, engine, stream: ShardStream, eval_stream: ShardStream | None, cfg: Config, launch, device,
-                 tracker: Tracker, store: CheckpointStore, state: TrainerState, shards_digest: str):
+                 tracker: Tracker, store: CheckpointStore, state: TrainerState, shards_digest: str,
+                 flops=None, peak: float = 0.0):
         self.engine, self.stream, self.eval_stream = engine, stream, eval_stream
         self.cfg, self.launch, self.device = cfg, launch, device
         self.tracker, self.store, self.state = tracker, store, state
         self.state.shards_digest = shards_digest
+        self.flops, self.peak = flops, peak
         self.skipped: Counter[str] = Counter()
-        self.stop = StopRequest(cfg.run.checkpoint_signals)
+        self.skipped_shards: Counter[str] = Counter()
+        preemption.install(cfg.run.checkpoint_signals)
+        self.nonfinite_run = 0
+        self.keys_log = KeysLog(Path(cfg.run.output_dir) / "keys" / f"rank{launch.rank:05d}.jsonl" if cfg.run.log_keys else None)
 
     def total_steps(self) -> int:
         return total_steps(self.cfg, self.stream.plan.batches_per_rank, self.engine.gradient_accumulation_steps())
@@ -99,17 +124,23 @@ class Trainer:
         if state.step == 0:
             self.evaluate()
         self.tracker.start_bar(total, state.step, cfg.run.progress_bar)
-        meter = Meter()
+        meter = Meter(self.flops, self.peak)
         while state.epoch < cfg.train.epochs and state.step < total and not state.preempted:
             plan = self._plan_epoch()
             for batch in build_loader(self.stream, pin_memory=self.device.type == "cuda"):
                 out = self.engine(to_device(batch, self.device))
+                nonfinite, stop = self._agree(out["loss"])
+                state.micro_in_epoch += 1
+                self.keys_log.write(state, batch)
+                if nonfinite:
+                    self._skip_nonfinite()
+                    continue
+                self.nonfinite_run = 0
                 self.engine.backward(out["loss"])
                 boundary = self.engine.is_gradient_accumulation_boundary()
                 self.engine.step()
-                state.micro_in_epoch += 1
                 meter.add(out, batch)
-                if boundary and self._after_step(meter, total):
+                if boundary and self._after_step(meter, total, stop):
                     break
             if state.micro_in_epoch >= plan.batches_per_rank:
                 state.epoch, state.micro_in_epoch, state.consumed = state.epoch + 1, 0, []
@@ -121,7 +152,26 @@ class Trainer:
         self.tracker.close()
         return state
 
-    def _after_step(self, meter: Meter, total: int) -> bool:
+    def _agree(self, loss: torch.Tensor) -> tuple[bool, bool]:
+        """(any rank's loss is non-finite, any rank got a checkpoint signal): one tiny all-reduce per micro-batch."""
+        flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0, float(preemption.requested())], device=self.device)
+        nonfinite, stop = all_reduce_sum(flags).tolist()
+        return nonfinite > 0, stop > 0
+
+    def _skip_nonfinite(self) -> None:
+        """Every rank drops the micro-batch (no backward, no step); too many in a row stops the run."""
+        self.state.nonfinite_skipped += 1
+        self.nonfinite_run += 1
+        log.warning("non-finite loss at step %d: micro-batch skipped on every rank (%d in a row, %d in all)",
+                    self.state.step, self.nonfinite_run, self.state.nonfinite_skipped)
+        if self.nonfinite_run >= self.cfg.train.max_nonfinite_steps:
+            self.save()
+            raise TrainingError(
+                f"loss non-finite for {self.nonfinite_run} micro-batches in a row (train.max_nonfinite_steps); "
+                f"the last good state is checkpoint step {self.state.step} in {self.store.root}"
+            )
+
+    def _after_step(self, meter: Meter, total: int, stop: bool) -> bool:
         """Log, evaluate and save on schedule; True when training must stop now."""
         cfg, state = self.cfg, self.state
         state.step += 1
@@ -134,8 +184,8 @@ class Trainer:
             self.evaluate()
         if cfg.train.save_every and state.step % cfg.train.save_every == 0:
             self.save()
-        state.preempted = self.stop.agreed(self.device)
-        return state.preempted
+        state.preempted = stop
+        return stop
 
     def _plan_epoch(self) -> EpochPlan:
         """Plan the current epoch, continuing where the state says it stopped."""
@@ -155,28 +205,37 @@ class Trainer:
         return self.stream.set_epoch(state.epoch, skip_batches=skip, consumed=consumed)
 
     def _log(self, meter: Meter) -> None:
-        skipped = dict(meter.skipped)
+        skipped, shards = dict(meter.skipped), dict(meter.skipped_shards)
         metrics = meter.reduce(self.device, "train")
         self.state.samples += int(metrics["train/samples"])
         metrics["train/lr"] = self.engine.get_lr()[0]
         metrics["train/epoch"] = self.state.epoch
-        self._check_skips(skipped)
+        metrics["train/nonfinite_skipped"] = self.state.nonfinite_skipped
+        self._check_skips(skipped, shards)
         metrics.update({f"data/skipped/{k}": v for k, v in self.skipped.items()})
         self.tracker.log(self.state.step, metrics)
 
-    def _check_skips(self, skipped: dict[str, int]) -> None:
-        gathered: list[dict[str, int]] = [skipped]
+    def _check_skips(self, skipped: dict[str, int], shards: dict[str, int]) -> None:
+        """Add up every rank's skipped samples; past ``data.max_skip_fraction`` stop, naming the shards."""
+        gathered: list = [(skipped, shards)]
         if torch.distributed.is_initialized():
             gathered = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, skipped)
-        for part in gathered:
-            self.skipped.update(part)
+            torch.distributed.all_gather_object(gathered, (skipped, shards))
+        for reasons, names in gathered:
+            self.skipped.update(reasons)
+            self.skipped_shards.update(names)
+        if sum(skipped.values()) and self.launch.is_main:
+            log.warning("skipped samples so far: %s", dict(self.skipped))
         total_skipped = sum(self.skipped.values())
-        fraction = total_skipped / max(self.state.samples + total_skipped, 1)
+        # Against every sample the epochs so far planned, not the few seen yet: an early burst of bad samples
+        # stops the run only once the epoch as a whole is sure to exceed the limit.
+        planned = (self.state.epoch + 1) * sum(shard.count for shard in self.stream.shards)
+        fraction = total_skipped / max(planned, 1)
         if fraction > self.cfg.data.max_skip_fraction:
+            worst = ", ".join(f"{name} ({count})" for name, count in self.skipped_shards.most_common(5))
             raise UserError(
                 f"{total_skipped} samples skipped ({fraction:.1%} > data.max_skip_fraction "
-                f"{self.cfg.data.max_skip_fraction}) in {self.cfg.data.train_shards}: {dict(self.skipped)}"
+                f"{self.cfg.data.max_skip_fraction}) by reason {dict(self.skipped)}; most in shards: {worst}"
             )
 
     @torch.no_grad()

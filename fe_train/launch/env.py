@@ -35,6 +35,8 @@ class LaunchEnv:
     job_id: str = ""
     """The SLURM job id, '' outside SLURM."""
     hostname: str = ""
+    host_addr: str = ""
+    """The address ``hostname`` resolves to: what gloo/NCCL advertise to the other ranks by default."""
 
     @property
     def is_main(self) -> bool:
@@ -58,7 +60,7 @@ class LaunchEnv:
     def describe(self) -> str:
         return (
             f"rank {self.rank}/{self.world_size} (local {self.local_rank}/{self.local_world_size}) "
-            f"on {self.hostname} via {self.launcher}, master {self.master_addr}:{self.master_port}"
+            f"on {self.hostname} ({self.host_addr or '?'}) via {self.launcher}, master {self.master_addr}:{self.master_port}"
         )
 
 
@@ -66,6 +68,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     """Read the launcher record from ``environ`` (default: ``os.environ``)."""
     env = os.environ if environ is None else environ
     host = socket.gethostname()
+    addr = _resolve(host)
     if "RANK" in env and "WORLD_SIZE" in env:
         launcher = "torchrun" if "TORCHELASTIC_RUN_ID" in env else "deepspeed"
         world = _int(env, "WORLD_SIZE")
@@ -79,6 +82,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> LaunchEnv:
             launcher=launcher,
             job_id=env.get("SLURM_JOB_ID", ""),
             hostname=host,
+            host_addr=addr,
         )
     if "SLURM_PROCID" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
         job_id = env.get("SLURM_JOB_ID", "0")
@@ -95,6 +99,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> LaunchEnv:
             launcher="slurm",
             job_id=job_id,
             hostname=host,
+            host_addr=addr,
         )
     return LaunchEnv(
         rank=0,
@@ -105,6 +110,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> LaunchEnv:
         master_port=_int(env, "MASTER_PORT", DEFAULT_PORT),
         launcher="single",
         hostname=host,
+        host_addr=addr,
     )
 
 
@@ -136,6 +142,13 @@ def expand_hostlist(hostlist: str) -> list[str]:
             width = len(lo)
             hosts.extend(f"{prefix}{n:0{width}d}{suffix}" for n in range(int(lo), int(hi) + 1))
     return hosts
+
+
+def _resolve(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return ""
 
 
 def _tasks_on_this_node(env: Mapping[str, str]) -> int:

@@ -22,12 +22,14 @@ from fe_train.data.collate import Collate
 from fe_train.data.pipeline import Example, RawSample, ShardStream, resolve_shards
 from fe_train.data.plan import Geometry, Shard
 from fe_train.engine import ds_config
-from fe_train.engine.build import PartitionedBuild, build_engine, compute_dtype, init_distributed, shutdown
+from fe_train.engine.build import PartitionedBuild, barrier, build_engine, compute_dtype, init_distributed, shutdown
 from fe_train.engine.export import export_modules
 from fe_train.engine.loop import Trainer, total_steps
+from fe_train.engine.universal import convert, enable_universal_load
 from fe_train.errors import UserError
 from fe_train.launch.env import LaunchEnv
 from fe_train.model.freezing import set_trainable
+from fe_train.tracking.flops import FlopCounter, peak_flops
 from fe_train.tracking.plot import plot_losses
 from fe_train.tracking.tracker import Tracker
 
@@ -56,6 +58,17 @@ class Outcome:
     exports: list[Path]
 
 
+def _needs_universal(store: CheckpointStore, tag: str, launch: LaunchEnv) -> bool:
+    """A checkpoint from another world size is converted (by rank 0) to DeepSpeed's universal form."""
+    saved = store.read_state(tag).geometry.get("world_size", launch.world_size)
+    if saved == launch.world_size:
+        return False
+    if launch.is_main:
+        convert(store.root / tag, store.universal_dir(tag))
+    barrier()
+    return True
+
+
 def shards_digest(shards: list[Shard]) -> str:
     text = "\n".join(f"{Path(s.url).name}\t{s.count}" for s in shards)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -66,8 +79,19 @@ def default_stream(cfg: Config, shards: list[Shard], rank: int, geometry: Geomet
     return ShardStream(shards, rank, geometry, cfg.train.seed, cfg.data.shuffle, build, collate)
 
 
-def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, inspect: Callable | None = None) -> Outcome:
-    """Train ``recipe``; ``inspect(engine)`` runs on every rank after training, before export (tests, benchmarks)."""
+@dataclass
+class Hooks:
+    """Callables run on every rank with the ``Trainer``: before training starts and after it ends (before export).
+
+    For tests, benchmarks and fault injection; training itself never needs them.
+    """
+
+    before_train: Callable | None = None
+    after_train: Callable | None = None
+
+
+def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, hooks: Hooks | None = None) -> Outcome:
+    """Train ``recipe`` from ``cfg`` on this rank; ``resume`` continues the latest checkpoint."""
     out = Path(cfg.run.output_dir)
     store = CheckpointStore(out, launch.rank, cfg.train.keep_last)
     tag = store.latest_tag()
@@ -77,7 +101,7 @@ def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, inspect: C
     eval_shards = resolve_shards(cfg.data.eval_shards, "data.eval_shards") if cfg.data.eval_shards else None
     device = init_distributed(launch, cfg)
     try:
-        outcome = _train(recipe, cfg, launch, device, store, tag if resume else None, shards, eval_shards, inspect)
+        outcome = _train(recipe, cfg, launch, device, store, tag if resume else None, shards, eval_shards, hooks or Hooks())
     except BaseException:
         shutdown(synchronize=False)
         raise
@@ -85,7 +109,7 @@ def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, inspect: C
     return outcome
 
 
-def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, inspect) -> Outcome:
+def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: Hooks) -> Outcome:
     ds = ds_config.resolve(cfg, launch.world_size)
     torch.manual_seed(cfg.train.seed)  # identical trainable init on every rank and world size
     model, tokenizer = recipe.build_model(cfg, compute_dtype(cfg), lambda: PartitionedBuild(ds))
@@ -102,12 +126,15 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, inspect
 
     accumulation = ds_config.gradient_accumulation(cfg, launch.world_size)
     steps = total_steps(cfg, stream.plan.batches_per_rank, accumulation)
+    universal = tag is not None and _needs_universal(store, tag, launch)
+    if universal:
+        enable_universal_load(ds)
     engine = build_engine(model, ds, cfg, steps)
 
     state = TrainerState()
     digest = shards_digest(stream.shards)
     if tag:
-        state = store.load(engine, tag)
+        state = store.load(engine, tag, universal=universal)
         state.preempted = False
         if state.shards_digest != digest:
             raise UserError(f"data.train_shards changed since checkpoint {tag}: resume needs the same shards")
@@ -116,10 +143,14 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, inspect
     if launch.is_main:
         cfg.save(out / "config.yaml")
     tracker = Tracker(cfg, out, launch.is_main, wandb_id=state.wandb_id)
-    trainer = Trainer(engine, stream, eval_stream, cfg, launch, device, tracker, store, state, digest)
+    flops = FlopCounter.for_model(model, llm_backward=getattr(recipe, "llm_backward", True))
+    trainer = Trainer(engine, stream, eval_stream, cfg, launch, device, tracker, store, state, digest,
+                      flops=flops.micro_batch, peak=peak_flops(device, cfg.run.peak_tflops))
+    if hooks.before_train is not None:
+        hooks.before_train(trainer)
     state = trainer.fit()
-    if inspect is not None:
-        inspect(engine)
+    if hooks.after_train is not None:
+        hooks.after_train(trainer)
     exports = [] if state.preempted else export_modules(engine.module, recipe.trains, out / "export", launch.is_main)
     if launch.is_main:
         plot_losses(out / "metrics.jsonl", out / "loss.png")

@@ -26,7 +26,8 @@ reference.update({f"llm.{k}": v.clone() for k, v in load_llm(cfg.model.llm_path,
 report = {}
 
 
-def inspect(engine):
+def inspect(trainer):
+    engine = trainer.engine
     model = engine.module
     mismatched, checked, frozen_elems, trainable_elems = [], 0, 0, 0
     for name, param in model.named_parameters():
@@ -53,7 +54,7 @@ def inspect(engine):
     )
 
 
-outcome = runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=False, inspect=inspect)
+outcome = runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=False, hooks=runner.Hooks(after_train=inspect))
 if launch.is_main:
     report["checkpoint"] = str(outcome.checkpoint)
     report["exports"] = [str(p) for p in outcome.exports]

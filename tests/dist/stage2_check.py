@@ -91,12 +91,12 @@ def controls(engine):
     engine.train()
 
 
-def inspect(engine):
-    frozen_and_optimizer(engine)
-    controls(engine)
+def inspect(trainer):
+    frozen_and_optimizer(trainer.engine)
+    controls(trainer.engine)
 
 
-outcome = runner.run(recipe, cfg, launch, resume=False, inspect=inspect)
+outcome = runner.run(recipe, cfg, launch, resume=False, hooks=runner.Hooks(after_train=inspect))
 if launch.is_main:
     report["exports"] = [str(p) for p in outcome.exports]
     report["steps"] = outcome.state.step

@@ -1,0 +1,110 @@
+"""The memory plan: which way of holding the frozen LLM fits a GPU, and what it costs.
+
+Per GPU, in bytes, for a frozen LLM of N parameters in bf16, T trainable parameters
+and W ranks (ZeRO partitions over all of them):
+
+| plan | frozen LLM + encoder | trainable (bf16 weight + fp32 master + 2 AdamW moments) |
+|---|---|---|
+| replicated (``zero3_replicated.json``: ZeRO-3 that keeps every tensor whole) | 2 N | 2 T + 12 T / W |
+| partitioned (``zero3.json``) | 2 N / W + gather buffers | 2 T / W + 12 T / W |
+| offloaded (``zero3_offload.json``) | gather buffers (the rest in host memory) | 2 T / W (master and moments on the host) |
+
+plus activations: gradients flow back through the frozen LLM to the soft tokens, so
+its activations are kept (per layer about 34 s h + 5 a s^2 bytes per sample in bf16,
+Korthikanti et al. 2022), or only its inputs with activation checkpointing (2 s h).
+Fastest first: replicated needs no gathers, partitioned all-gathers each layer
+in forward and backward, offloaded also crosses PCIe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 1024**3
+PLANS = ("zero3_replicated.json", "zero3.json", "zero3_offload.json")
+
+
+@dataclass(frozen=True)
+class Workload:
+    llm_params: int
+    llm_layers: int
+    llm_hidden: int
+    llm_heads: int
+    encoder_params: int
+    trainable_params: int
+    world_size: int
+    micro_batch: int
+    seq_len: int
+    activation_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class PlanEstimate:
+    ds_config: str
+    gpu_bytes: int
+    host_bytes: int
+
+    def fits(self, gpu_bytes: int, headroom: float = 0.9) -> bool:
+        return self.gpu_bytes <= headroom * gpu_bytes
+
+
+def activation_bytes(w: Workload) -> int:
+    s, b, h, a = w.seq_len, w.micro_batch, w.llm_hidden, w.llm_heads
+    per_layer = 2 * s * b * h if w.activation_checkpointing else 34 * s * b * h + 5 * a * s * s * b
+    return w.llm_layers * per_layer
+
+
+def estimate(w: Workload) -> list[PlanEstimate]:
+    frozen = 2 * (w.llm_params + w.encoder_params)
+    layer = 2 * w.llm_params // max(w.llm_layers, 1)
+    gather = 2 * layer  # ZeRO-3 keeps about the current and the prefetched layer whole
+    act = activation_bytes(w)
+    moments = 12 * w.trainable_params // w.world_size
+    return [
+        PlanEstimate(PLANS[0], frozen + 2 * w.trainable_params + moments + act, 0),
+        PlanEstimate(PLANS[1], frozen // w.world_size + gather + 2 * w.trainable_params // w.world_size + moments + act, 0),
+        PlanEstimate(PLANS[2], gather + 2 * w.trainable_params // w.world_size + act, frozen + moments * w.world_size),
+    ]
+
+
+def recommend(w: Workload, gpu_bytes: int) -> PlanEstimate | None:
+    """The fastest plan whose estimate fits ``gpu_bytes`` (None: none fits)."""
+    return next((plan for plan in estimate(w) if plan.fits(gpu_bytes)), None)
+
+
+def describe(w: Workload, gpu_bytes: int) -> str:
+    lines = [f"memory plan for a {w.llm_params / 1e9:.2f}B frozen LLM, {w.trainable_params / 1e6:.1f}M trainable, "
+             f"{w.world_size} rank(s), micro batch {w.micro_batch} x {w.seq_len} tokens, GPU {gpu_bytes / GIB:.0f} GiB:"]
+    best = recommend(w, gpu_bytes)
+    for plan in estimate(w):
+        mark = "<- fastest that fits" if plan is best else ("fits" if plan.fits(gpu_bytes) else "does not fit")
+        host = f", host {plan.host_bytes / GIB:.1f} GiB" if plan.host_bytes else ""
+        lines.append(f"  {plan.ds_config:24s} ~{plan.gpu_bytes / GIB:7.1f} GiB/GPU{host}  {mark}")
+    if best is None:
+        lines.append("  nothing fits: lower train.micro_batch_size or turn on model.llm_activation_checkpointing")
+    return "\n".join(lines)
+
+
+def workload_for(cfg, world_size: int, seq_len: int) -> Workload:
+    """The workload of a run config, with parameter counts read from the checkpoints' configs (no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from fe_train.model.pretrained import require_pretrained
+
+    require_pretrained(cfg.model.llm_path, "model.llm_path")
+    require_pretrained(cfg.model.encoder_path, "model.encoder_path")
+    llm_config = AutoConfig.from_pretrained(cfg.model.llm_path)
+    encoder_config = WhisperConfig.from_pretrained(cfg.model.encoder_path)
+    with torch.device("meta"):
+        llm_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(llm_config).parameters())
+        encoder_params = sum(p.numel() for p in WhisperEncoder(encoder_config).parameters())
+    k, hidden = cfg.model.adapter_stack_frames, cfg.model.adapter_hidden_dim
+    adapter = k * encoder_config.d_model * hidden + hidden + hidden * llm_config.hidden_size + llm_config.hidden_size
+    return Workload(
+        llm_params=llm_params, llm_layers=llm_config.num_hidden_layers, llm_hidden=llm_config.hidden_size,
+        llm_heads=llm_config.num_attention_heads, encoder_params=encoder_params, trainable_params=adapter,
+        world_size=world_size, micro_batch=cfg.train.micro_batch_size, seq_len=seq_len,
+        activation_checkpointing=cfg.model.llm_activation_checkpointing,
+    )

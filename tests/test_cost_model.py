@@ -1,0 +1,63 @@
+"""The FLOP counter follows the recipe's arithmetic; the memory plan picks the fastest plan that fits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fe_train.engine.memory import GIB, Workload, estimate, recommend
+from fe_train.tracking.flops import FlopCounter, mfu
+
+
+def batch(tokens_per_row: list[int], labels_per_row: list[int], speech_per_row: list[int]) -> dict:
+    length = max(tokens_per_row)
+    mask = torch.zeros(len(tokens_per_row), length, dtype=torch.long)
+    labels = torch.full_like(mask, -100)
+    slots = torch.zeros_like(mask)
+    for row, (n, m, s) in enumerate(zip(tokens_per_row, labels_per_row, speech_per_row)):
+        mask[row, :n] = 1
+        labels[row, n - m:n] = 7
+        slots[row, 2:2 + s] = 1
+    return {"attention_mask": mask, "labels": labels, "slots": slots}
+
+
+def test_stage1_flops_match_the_recipe():
+    # Whisper-large-v3 encoder and Qwen2.5-7B-shaped numbers from the recipe.
+    counter = FlopCounter(encoder_params=int(0.64e9), encoder_frames=1500, llm_body_params=int(6.5e9),
+                          llm_head_params=int(0.545e9), llm_backward=True, trainable_params=int(25e6))
+    b = batch([100, 80], [20, 10], [50, 40])
+    expected = 2 * 0.64e9 * 1500 * 2 + 4 * (6.5e9 * 180 + 0.545e9 * 30) + 6 * 25e6 * 90
+    assert counter.micro_batch(b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_stage3_llm_runs_forward_only():
+    forward = FlopCounter(1, 0, 1000, 0, llm_backward=False, trainable_params=0)
+    both = FlopCounter(1, 0, 1000, 0, llm_backward=True, trainable_params=0)
+    b = batch([10], [1], [0])
+    assert both.micro_batch(b) == 2 * forward.micro_batch(b)
+
+
+def test_mfu():
+    assert mfu(500e12, 1.0, 1000e12) == 0.5
+    assert mfu(1.0, 1.0, 0.0) == 0.0
+
+
+def qwen7b(world: int, micro: int = 4, seq: int = 1024, ckpt: bool = False) -> Workload:
+    return Workload(llm_params=int(7.6e9), llm_layers=28, llm_hidden=3584, llm_heads=28, encoder_params=int(0.64e9),
+                    trainable_params=int(25e6), world_size=world, micro_batch=micro, seq_len=seq, activation_checkpointing=ckpt)
+
+
+def test_partitioning_and_offload_shrink_gpu_memory():
+    replicated, partitioned, offloaded = estimate(qwen7b(8))
+    assert replicated.gpu_bytes > partitioned.gpu_bytes > offloaded.gpu_bytes
+    assert offloaded.host_bytes >= 2 * 8.2e9  # the bf16 weights live in host memory
+    frozen = 2 * (7.6e9 + 0.64e9)
+    # partitioning saves 7/8 of the frozen weights, less the two layers it gathers at a time
+    assert 0.85 * frozen * 7 / 8 < replicated.gpu_bytes - partitioned.gpu_bytes < frozen * 7 / 8
+
+
+def test_recommendation_is_the_fastest_that_fits():
+    assert recommend(qwen7b(8, micro=1, ckpt=True), 80 * GIB).ds_config == "zero3_replicated.json"
+    assert recommend(qwen7b(8, micro=1, ckpt=True), 16 * GIB).ds_config == "zero3.json"
+    assert recommend(qwen7b(8, micro=1, seq=256, ckpt=True), 3 * GIB).ds_config == "zero3_offload.json"
+    assert recommend(qwen7b(1, micro=64, seq=4096), 24 * GIB) is None

@@ -1,0 +1,100 @@
+"""Exactly-once reading across SIGKILL and resume, also onto another number of ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, dist_env, free_port, stage1_overrides
+from fe_train.checkpoint.store import CheckpointStore
+from fe_train.data.pipeline import iter_shard, resolve_shards
+from fe_train.tracking.tracker import read_metrics
+
+CONFIG = str(REPO / "configs" / "stage1_tiny.yaml")
+
+
+def launch(assets, out: Path, nproc: int, resume: bool = False) -> subprocess.Popen:
+    overrides = stage1_overrides(assets, out, **{
+        "train.epochs": 1, "train.micro_batch_size": 4, "train.global_batch_size": 16 if nproc == 2 else 8,
+        "train.log_every": 1, "train.eval_every": 0, "train.save_every": 3, "train.keep_last": 3,
+        "data.eval_shards": "", "run.log_keys": "true",
+    })
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
+           "-m", "fe_train", "train", "--config", CONFIG, *(["--resume"] if resume else []), *overrides]
+    return subprocess.Popen(cmd, env=dist_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def kill_after_step(proc: subprocess.Popen, out: Path, step: int, extra_s: float) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        logged = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
+        if logged and logged[-1] >= step:
+            break
+        time.sleep(0.05)
+    time.sleep(extra_s)  # lands anywhere: mid-accumulation, mid-step, mid-checkpoint
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+
+
+def keys_log(out: Path) -> list[dict]:
+    records = []
+    for path in sorted((out / "keys").glob("rank*.jsonl")):
+        records += [dict(json.loads(line), rank=path.stem) for line in path.read_text().splitlines() if line.strip()]
+    return records
+
+
+def committed_keys(records: list[dict], epoch: int, micro: int) -> Counter:
+    """Keys of micro-batches at or before a checkpoint's data position (later ones were rolled back)."""
+    return Counter(k for r in records if (r["epoch"], r["micro"]) <= (epoch, micro) for k in r["keys"])
+
+
+def all_keys(assets) -> Counter:
+    return Counter(raw["__key__"] for shard in resolve_shards(str(assets.train_shards)) for _, raw in iter_shard(shard.url))
+
+
+def run_killed_then_resumed(assets, out: Path, first_nproc: int, second_nproc: int, kill_step: int, extra_s: float):
+    proc = launch(assets, out, first_nproc)
+    kill_after_step(proc, out, kill_step, extra_s)
+    store = CheckpointStore(out, 0, 3)
+    tag = store.latest_tag()
+    assert tag is not None, "a complete checkpoint exists"
+    state = store.read_state(tag)
+    before = committed_keys(keys_log(out), state.epoch, state.micro_in_epoch)
+    (out / "keys").rename(out / "keys-first")
+    resumed = launch(assets, out, second_nproc, resume=True)
+    log = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, log[-4000:]
+    after = Counter(k for r in keys_log(out) for k in r["keys"])
+    return state, before + after
+
+
+@pytest.mark.parametrize("kill_step, extra_s", [(4, 0.13)])
+def test_sigkill_and_resume_reads_every_sample_once(assets, tmp_path, kill_step, extra_s):
+    state, seen = run_killed_then_resumed(assets, tmp_path / "run", 2, 2, kill_step, extra_s)
+    assert state.step >= 3
+    assert seen == all_keys(assets)
+
+
+@pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])
+def test_resume_on_another_world_size_reads_every_sample_once(assets, tmp_path, first, second):
+    state, seen = run_killed_then_resumed(assets, tmp_path / "run", first, second, kill_step=4, extra_s=0.0)
+    assert state.geometry["world_size"] == first
+    assert seen == all_keys(assets)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_sigkill_at_random_points(assets, tmp_path, seed):
+    rng = random.Random(seed)
+    _, seen = run_killed_then_resumed(assets, tmp_path / "run", 2, 2, rng.randint(3, 25), rng.uniform(0.0, 1.0))
+    assert seen == all_keys(assets)
