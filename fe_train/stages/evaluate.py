@@ -20,7 +20,7 @@ from fe_train.data.pipeline import ShardStream, build_loader, resolve_shards
 from fe_train.data.plan import Geometry
 from fe_train.engine import ds_config
 from fe_train.engine.build import PartitionedBuild, build_inference_engine, compute_dtype, init_distributed, shutdown
-from fe_train.eval.ser import SERScore, evaluate_ser
+from fe_train.eval.ser_score import SERScore, evaluate_ser
 from fe_train.launch.env import LaunchEnv
 from fe_train.model.freezing import count_params
 

@@ -17,7 +17,7 @@ from fe_train.data.collate import Collate
 from fe_train.data.pipeline import ShardStream, build_loader, resolve_shards
 from fe_train.data.plan import Geometry
 from fe_train.engine.export import load_module
-from fe_train.eval.ser import evaluate_ser
+from fe_train.eval.ser_score import evaluate_ser
 from fe_train.launch.env import from_environ
 from fe_train.model.adapter import StackFFNAdapter
 from fe_train.model.freezing import numel
