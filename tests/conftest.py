@@ -76,6 +76,17 @@ def assets():
     return Assets(cached_build("assets", build_assets))
 
 
+@pytest.fixture(scope="session")
+def ser_assets():
+    """The SER world: tiny frozen LLM + Whisper, a stage-1 adapter, SER clips per voice fold, instructions
+    (minutes to build; cached in .cache/ser_assets)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed (tests/sysdeps.sh installs it)")
+    from fe_train.fixtures.ser_assets import SerAssets, build_ser_assets
+
+    return SerAssets(cached_build("ser_assets", build_ser_assets))
+
+
 def stage1_overrides(assets, out_dir: Path, **extra) -> list[str]:
     values = {
         "model.encoder_path": assets.whisper, "model.llm_path": assets.llm,

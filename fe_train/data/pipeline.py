@@ -180,30 +180,40 @@ class ShardStream(torch.utils.data.IterableDataset):
 
         A sample the shard does not deliver (a truncated tar) comes as a ``SampleError``.
         """
-        runs: list[list[Span]] = []
-        for span in spans:
-            if runs and runs[-1][-1].shard == span.shard:
-                runs[-1].append(span)
-            else:
-                runs.append([span])
-        for run in runs:
+        for run in shard_runs(spans):
             shard = run[0].shard
             order = self.plan.sample_order(shard)
             wanted = [int(order[pos]) for span in run for pos in range(span.start, span.stop)]
-            needed = set(wanted)
-            found: dict[int, RawSample] = {}
             url = self.shards[shard].url
-            try:
-                for position, raw in iter_shard(url):
-                    if position in needed:
-                        found[position] = raw
-                        if len(found) == len(needed):
-                            break
-            except OSError:
-                pass
+            found = read_positions(url, set(wanted))
             for position in wanted:
                 raw = found.pop(position, None)
                 yield url, raw if raw is not None else SampleError("missing_in_shard", url)
+
+
+def shard_runs(spans: list[Span]) -> list[list[Span]]:
+    """Consecutive spans of the same shard grouped, so that each group reads its shard once."""
+    runs: list[list[Span]] = []
+    for span in spans:
+        if runs and runs[-1][-1].shard == span.shard:
+            runs[-1].append(span)
+        else:
+            runs.append([span])
+    return runs
+
+
+def read_positions(url: str, needed: set[int]) -> dict[int, RawSample]:
+    """The samples at file positions ``needed`` of a shard, reading it once up to the last one."""
+    found: dict[int, RawSample] = {}
+    try:
+        for position, raw in iter_shard(url):
+            if position in needed:
+                found[position] = raw
+                if len(found) == len(needed):
+                    break
+    except OSError:
+        pass
+    return found
 
 
 def build_loader(stream: ShardStream, pin_memory: bool = False) -> torch.utils.data.DataLoader:

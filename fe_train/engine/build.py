@@ -121,6 +121,13 @@ def build_engine(model: nn.Module, ds: dict[str, Any], cfg: Config, total_steps:
     return engine
 
 
+def build_inference_engine(model: nn.Module, ds: dict[str, Any]):
+    """A DeepSpeed engine without an optimizer (every weight frozen), partitioned by the same policy as training."""
+    engine, *_ = deepspeed.initialize(model=model, config=ds, dist_init_required=False)
+    engine.eval()
+    return engine
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum a small float64 tensor over ranks (on the engine's device)."""
     if torch.distributed.is_initialized():

@@ -1,9 +1,15 @@
-"""The FreezeEmpath model: frozen encoder -> adapter -> soft tokens in a frozen LLM.
+"""The FreezeEmpath model: frozen encoder -> adapter and emotion extractor -> soft tokens in a frozen LLM.
 
 Which components exist is decided when the model is built (by the stage); the
 forward pass only asks which inputs the batch carries, and those are the same on
 every rank, so every rank calls the same (ZeRO-3 partitioned) modules in the same
 order.
+
+Batch inputs: ``mel`` (content audio: the adapter fills ``<speech>``), ``emotion_mel``
+(a separate emotion clip; without it the extractor reads the content clip), and
+``emotion_label`` (class index, for the SER auxiliary loss). Whenever a model with an
+extractor gets audio, the extractor runs on every row, also where the prompt has no
+``<emotion>`` slot (the label-word controls), so that ranks stay in step.
 """
 
 from __future__ import annotations
@@ -17,14 +23,19 @@ from fe_train.model.speech_encoder import encoder_frames
 from fe_train.model.splice import splice, valid_rows
 
 SPEECH_SLOT = SLOTS["<speech>"]
+EMOTION_SLOT = SLOTS["<emotion>"]
 
 
 class FreezeEmpath(nn.Module):
-    def __init__(self, llm: nn.Module, encoder: nn.Module | None = None, adapter: nn.Module | None = None):
+    def __init__(self, llm: nn.Module, encoder: nn.Module | None = None, adapter: nn.Module | None = None,
+                 emotion_extractor: nn.Module | None = None, ser_head: nn.Module | None = None, aux_weight: float = 0.0):
         super().__init__()
         self.llm = llm
         self.encoder = encoder
         self.adapter = adapter
+        self.emotion_extractor = emotion_extractor
+        self.ser_head = ser_head
+        self.aux_weight = aux_weight
 
     def train(self, mode: bool = True):
         """Trainable parts follow ``mode``; frozen parts stay in eval mode (no dropout).
@@ -40,16 +51,51 @@ class FreezeEmpath(nn.Module):
 
     def embed(self, batch: dict) -> torch.Tensor:
         """Input embeddings (B, T, D_llm) with every slot filled."""
+        return self.embed_with_emotion(batch)[0]
+
+    def embed_with_emotion(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Input embeddings (B, T, D_llm) with every slot filled, and the emotion vectors (B, D_llm) or None."""
         embeds = self.llm.get_input_embeddings()(batch["input_ids"])  # (B, T, D)
+        with_blocks = self.emotion_extractor is not None and "emotion_mel" not in batch
+        blocks = None
         if "mel" in batch:
-            states, _ = self.encoder(batch["mel"], batch["mel_pad_value"])  # (B, T_enc, D_enc)
+            states, blocks = self.encoder(batch["mel"], batch["mel_pad_value"], all_blocks=with_blocks)  # (B, T_enc, D_enc)
             tokens, counts = self.adapter(states, encoder_frames(batch["audio_frames"]))  # (B, N, D)
             embeds = splice(embeds, batch["slots"], SPEECH_SLOT, valid_rows(tokens, counts))
-        return embeds
+        emotion = self.emotion_vectors(batch, blocks)
+        if emotion is not None:
+            has_slot = (batch["slots"] == EMOTION_SLOT).any(dim=1)  # (B,)
+            embeds = splice(embeds, batch["slots"], EMOTION_SLOT, emotion[has_slot])
+        return embeds, emotion
+
+    def emotion_vectors(self, batch: dict, content_blocks: torch.Tensor | None) -> torch.Tensor | None:
+        """One vector per row (B, D_llm) from the emotion clip, else the content clip; None without either."""
+        if self.emotion_extractor is None:
+            return None
+        if "emotion_mel" in batch:
+            _, blocks = self.encoder(batch["emotion_mel"], batch["emotion_mel_pad_value"], all_blocks=True)  # (B, L, T, D)
+            return self.emotion_extractor(blocks, encoder_frames(batch["emotion_audio_frames"]))
+        if content_blocks is None:
+            return None
+        return self.emotion_extractor(content_blocks, encoder_frames(batch["audio_frames"]))
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        embeds = self.embed(batch)
-        return self.reply_loss(embeds, batch["attention_mask"], batch["labels"])
+        embeds, emotion = self.embed_with_emotion(batch)
+        out = self.reply_loss(embeds, batch["attention_mask"], batch["labels"])
+        if self.ser_head is not None and emotion is not None and "emotion_label" in batch:
+            out = self.add_ser_loss(out, emotion, batch["emotion_label"], batch["weight"])
+        return out
+
+    def add_ser_loss(self, out: dict[str, torch.Tensor], emotion: torch.Tensor, label: torch.Tensor,
+                     weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Add ``aux_weight`` x the SER head's cross-entropy (padding rows, weight 0, left out)."""
+        logits = self.ser_head(emotion).float()  # (B, classes)
+        target = label.masked_fill(weight == 0, IGNORE)  # (B,)
+        n_clips = (target != IGNORE).sum()
+        ser_loss = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum") / n_clips.clamp(min=1)
+        correct = ((logits.argmax(-1) == target) & (target != IGNORE)).sum()
+        return {**out, "loss": out["loss"] + self.aux_weight * ser_loss, "ser_loss": ser_loss.detach(),
+                "ser_correct": correct.detach(), "ser_clips": n_clips.detach()}
 
     def reply_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Next-token cross-entropy on labelled positions; logits only where a label follows."""

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from fe_train.errors import UserError
 from fe_train.model.adapter import StackFFNAdapter
+from fe_train.model.emotion_extractor import AttentionPool, LastBlock, LayerGate, MeanPool
 from fe_train.model.fusion import ffn_projection, linear_projection
 from fe_train.model.speech_encoder import WhisperSpeechEncoder
 
@@ -21,6 +22,18 @@ ADAPTERS: dict[str, Callable] = {
 
 FUSION_PROJECTIONS: dict[str, Callable] = {"linear": linear_projection, "ffn": ffn_projection}
 """name -> (llm_dim, decoder_dim, hidden_dim) -> the map of LLM states into the speech decoder's width."""
+
+EMOTION_MIXES: dict[str, Callable] = {
+    "gate": lambda encoder_dim, cfg: LayerGate(encoder_dim, cfg.gate_hidden_dim),
+    "last": lambda encoder_dim, cfg: LastBlock(),
+}
+"""name -> (encoder_dim, EmotionConfig) -> how the emotion extractor mixes the encoder blocks."""
+
+EMOTION_POOLS: dict[str, Callable] = {
+    "attention": lambda encoder_dim, cfg: AttentionPool(encoder_dim, cfg.pool_heads),
+    "mean": lambda encoder_dim, cfg: MeanPool(),
+}
+"""name -> (encoder_dim, EmotionConfig) -> how the emotion extractor pools over time."""
 
 
 def lookup(registry: dict[str, Callable], name: str, key: str) -> Callable:

@@ -20,7 +20,7 @@ from fe_train.checkpoint.store import CheckpointStore, TrainerState
 from fe_train.config import Config
 from fe_train.data.collate import Collate
 from fe_train.data.pipeline import Example, RawSample, ShardStream, resolve_shards
-from fe_train.data.plan import EpochPlan, Geometry, Shard
+from fe_train.data.plan import Geometry, Shard
 from fe_train.engine import ds_config
 from fe_train.engine.build import PartitionedBuild, barrier, build_engine, compute_dtype, init_distributed, shutdown
 from fe_train.engine.export import export_modules
@@ -48,6 +48,9 @@ class Recipe(Protocol):
     def example_builder(self, cfg: Config, model: nn.Module, tokenizer) -> Callable[[RawSample], Example]:
         """Turns one raw shard sample into an example (raises ``SampleError`` to skip it)."""
 
+    # Optional: ``train_stream(cfg, shards, rank, geometry, build, collate) -> ShardStream`` replaces
+    # ``default_stream`` (stage 2b pairs its planned SER clips with a second stream).
+
 
 @dataclass
 class Outcome:
@@ -71,6 +74,11 @@ def _needs_universal(store: CheckpointStore, tag: str, launch: LaunchEnv) -> boo
 def shards_digest(shards: list[Shard]) -> str:
     text = "\n".join(f"{Path(s.url).name}\t{s.count}" for s in shards)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_stream(cfg: Config, shards: list[Shard], rank: int, geometry: Geometry, build, collate) -> ShardStream:
+    """The training stream of a recipe without ``train_stream``: the shards through the epoch plan."""
+    return ShardStream(shards, rank, geometry, cfg.train.seed, cfg.data.shuffle, build, collate)
 
 
 @dataclass
@@ -113,20 +121,20 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: 
     build = recipe.example_builder(cfg, model, tokenizer)
     collate = Collate(tokenizer.pad_token_id)
     geometry = Geometry(launch.world_size, cfg.data.num_workers, cfg.train.micro_batch_size)
-    stream = ShardStream(shards, launch.rank, geometry, cfg.train.seed, cfg.data.shuffle, build, collate)
+    stream = getattr(recipe, "train_stream", default_stream)(cfg, shards, launch.rank, geometry, build, collate)
     eval_stream = None
     if eval_shards is not None:
         eval_stream = ShardStream(eval_shards, launch.rank, geometry, cfg.train.seed, False, build, collate)
 
     accumulation = ds_config.gradient_accumulation(cfg, launch.world_size)
-    steps = total_steps(cfg, EpochPlan(shards, 0, cfg.train.seed, cfg.data.shuffle, geometry).batches_per_rank, accumulation)
+    steps = total_steps(cfg, stream.plan.batches_per_rank, accumulation)
     universal = tag is not None and _needs_universal(store, tag, launch)
     if universal:
         enable_universal_load(ds)
     engine = build_engine(model, ds, cfg, steps)
 
     state = TrainerState()
-    digest = shards_digest(shards)
+    digest = shards_digest(stream.shards)
     if tag:
         state = store.load(engine, tag, universal=universal)
         state.preempted = False

@@ -1,0 +1,95 @@
+"""SER accuracy of a FreezeEmpath model, read two ways: the label word the frozen LLM generates
+(greedy, from the prompt alone) and the SER head's choice on the emotion vector.
+
+Collective under ZeRO-3: every rank runs the same number of batches (the epoch plan
+pads short ranks) and generation keeps the ranks in step (``synced_gpus``); the counts
+are summed over ranks. Padding rows (weight 0) are not counted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from fe_train.config import EMOTIONS
+from fe_train.data.prompt import IGNORE
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def predicted_label(text: str) -> str | None:
+    """The first label word in a generated reply ("Sad." -> "sad"), None when it names none."""
+    for word in _WORD.findall(text.lower()):
+        if word in EMOTIONS:
+            return word
+    return None
+
+
+@dataclass
+class SERScore:
+    clips: int = 0
+    word_correct: int = 0
+    head_correct: int = 0
+    confusion: list[list[int]] = field(default_factory=lambda: [[0] * (len(EMOTIONS) + 1) for _ in EMOTIONS])
+    """Counts per (true label, generated label); the last column: no label word generated."""
+
+    @property
+    def word_accuracy(self) -> float:
+        return self.word_correct / max(self.clips, 1)
+
+    @property
+    def head_accuracy(self) -> float:
+        return self.head_correct / max(self.clips, 1)
+
+    def as_dict(self) -> dict:
+        return {"clips": self.clips, "word_accuracy": self.word_accuracy, "head_accuracy": self.head_accuracy,
+                "confusion": self.confusion, "labels": list(EMOTIONS)}
+
+
+def prompt_lengths(labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) positions before the first labelled one (the prompt); a row without labels is all prompt."""
+    labelled = labels != IGNORE  # (B, T)
+    first = labelled.int().argmax(dim=1)
+    return torch.where(labelled.any(dim=1), first, attention_mask.sum(dim=1))
+
+
+def left_align(embeds: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows' first ``lengths`` positions moved to the right end: (B, T', D) and the attention mask (B, T')."""
+    width = int(lengths.max())
+    source = torch.arange(width, device=embeds.device)[None, :] - (width - lengths)[:, None]  # (B, T'), <0 is padding
+    valid = source >= 0
+    index = source.clamp(min=0)[:, :, None].expand(-1, -1, embeds.shape[-1])  # (B, T', D)
+    aligned = embeds.gather(1, index) * valid[:, :, None].to(embeds.dtype)  # (B, T', D)
+    return aligned, valid.long()
+
+
+@torch.no_grad()
+def evaluate_ser(model, batches: Iterable[dict], tokenizer, device: torch.device, max_new_tokens: int) -> SERScore:
+    """Score every batch (collated SER examples with ``emotion_label``); the sums are over all ranks."""
+    distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    counts = torch.zeros(3 + len(EMOTIONS) * (len(EMOTIONS) + 1), dtype=torch.float64)
+    for batch in batches:
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        embeds, emotion = model.embed_with_emotion(batch)
+        inputs, mask = left_align(embeds, prompt_lengths(batch["labels"], batch["attention_mask"]))
+        new = model.llm.generate(inputs_embeds=inputs, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 synced_gpus=distributed, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        words = [predicted_label(text) for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        scored = emotion is not None and model.ser_head is not None
+        heads = model.ser_head(emotion).argmax(dim=-1).tolist() if scored else [None] * len(words)
+        for label, weight, word, head in zip(batch["emotion_label"].tolist(), batch["weight"].tolist(), words, heads):
+            if weight == 0:
+                continue
+            counts[0] += 1
+            counts[1] += word == EMOTIONS[label]
+            counts[2] += head == label
+            counts[3 + label * (len(EMOTIONS) + 1) + (EMOTIONS.index(word) if word else len(EMOTIONS))] += 1
+    if distributed:
+        counts = counts.to(device)
+        torch.distributed.all_reduce(counts)
+    values = [int(v) for v in counts.cpu().tolist()]
+    confusion = [values[3 + row * (len(EMOTIONS) + 1): 3 + (row + 1) * (len(EMOTIONS) + 1)] for row in range(len(EMOTIONS))]
+    return SERScore(values[0], values[1], values[2], confusion)

@@ -1,0 +1,119 @@
+"""Stage 2a, SER pre-training: train the emotion extractor (and the SER head) so that the frozen LLM,
+asked for the emotional tone, answers with the clip's label word.
+
+Data: SER clips whose JSON carries ``emotion`` (one of the five labels) and ``text``
+(its transcript, for the transcript control). Input: the chat prompt with the user
+turn ``emotion.ser_user``: ``<speech>`` = the stage-1 adapter's tokens (frozen, from
+``train.init_adapter``), ``<emotion>`` = the extractor's vector, or the controls'
+text instead (``emotion.emotion_source``, ``emotion.content_source``). Loss:
+cross-entropy on the label word + ``emotion.aux_weight`` x the SER head's
+cross-entropy. Trains: ``emotion_extractor``, ``ser_head``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fe_train.config import EMOTIONS, Config
+from fe_train.data.pipeline import Example, RawSample
+from fe_train.data.prompt import PromptLayout
+from fe_train.data.schema import Meta, SampleError
+from fe_train.data.user_turn import UserTurn
+from fe_train.engine.export import load_module
+from fe_train.errors import UserError
+from fe_train.model.emotion_extractor import EmotionExtractor
+from fe_train.model.freezeempath import FreezeEmpath
+from fe_train.model.frozen_llm import load_tokenizer
+from fe_train.model.registry import ADAPTERS, EMOTION_MIXES, EMOTION_POOLS, ENCODERS, lookup
+from fe_train.model.ser_head import SERHead
+from fe_train.stages.align import SpeechInput, read_meta
+
+log = logging.getLogger(__name__)
+
+name = "ser"
+trains = ("emotion_extractor", "ser_head")
+
+
+def build_model(cfg: Config, dtype, partitioned):
+    m, e = cfg.model, cfg.emotion
+    if not cfg.train.init_adapter and e.content_source == "speech":
+        raise UserError("config train.init_adapter is empty: stage 2 reads speech through the stage-1 adapter "
+                        "(give its export, e.g. runs/stage1/export/adapter.safetensors)")
+    encoder = lookup(ENCODERS, m.encoder, "model.encoder")(m.encoder_path, dtype)  # whole: see align.build_model
+    llm = partitioned().load_causal_lm(m.llm_path, dtype, m.llm_activation_checkpointing)
+    width = llm.config.hidden_size
+    adapter = lookup(ADAPTERS, m.adapter, "model.adapter")(encoder.hidden_size, width, m)
+    if cfg.train.init_adapter:
+        load_module(adapter, cfg.train.init_adapter, "train.init_adapter")
+    mix = lookup(EMOTION_MIXES, e.layer_mix, "emotion.layer_mix")(encoder.hidden_size, e)
+    pool = lookup(EMOTION_POOLS, e.pool, "emotion.pool")(encoder.hidden_size, e)
+    extractor = EmotionExtractor(mix, pool, encoder.hidden_size, width, e.hidden_dim, e.mask_padding)
+    head = SERHead(width, len(EMOTIONS))
+    for module, path, key in ((extractor, e.init_extractor, "emotion.init_extractor"), (head, e.init_ser_head, "emotion.init_ser_head")):
+        if path:
+            load_module(module, path, key)
+        else:
+            log.info("%s is empty: %s starts from a fresh init", key, type(module).__name__)
+    model = FreezeEmpath(llm, encoder=encoder, adapter=adapter, emotion_extractor=extractor, ser_head=head, aux_weight=e.aux_weight)
+    return model, load_tokenizer(m.llm_path)
+
+
+def example_builder(cfg: Config, model: FreezeEmpath, tokenizer):
+    examples = EmotionExamples(cfg, model, tokenizer)
+    return lambda raw: examples.ser(raw, read_ser_meta(raw))
+
+
+def read_ser_meta(raw: RawSample) -> Meta:
+    meta = read_meta(raw)
+    if not meta.emotion:
+        raise SampleError("missing_field:emotion")
+    return meta
+
+
+class EmotionExamples:
+    """Examples of stage 2: an SER clip with the SER prompt, or a pseudo pair with the empathetic one.
+
+    Fields: ``layout``; ``mel`` (content audio) when ``<speech>`` is a slot; ``emotion_mel`` when
+    the emotion clip is not that content clip; ``emotion_label``. All examples of a stage carry
+    the same fields, so every rank's batches have the same keys.
+    """
+
+    def __init__(self, cfg: Config, model: FreezeEmpath, tokenizer, separate_emotion_clip: bool = False):
+        e = cfg.emotion
+        self.layout = PromptLayout(tokenizer, cfg.prompt.system, cfg.prompt.max_reply_tokens)
+        self.speech = SpeechInput(cfg, model.encoder.n_mels, model.encoder.n_frames)
+        self.ser_turn = UserTurn(e.ser_user, e.emotion_source, e.content_source, cfg.train.seed)
+        self.pair_turn = UserTurn(cfg.prompt.user_speech, e.emotion_source, e.content_source, cfg.train.seed)
+        self.separate = separate_emotion_clip or not self.ser_turn.speech_slot
+        if self.separate and self.ser_turn.speech_slot != self.pair_turn.speech_slot:
+            raise UserError(f"config emotion.ser_user = {e.ser_user!r} and prompt.user_speech = {cfg.prompt.user_speech!r}: "
+                            "stage 2b mixes both, so both or neither must have a <speech> slot")
+
+    def ser(self, raw: RawSample, meta: Meta) -> Example:
+        """The clip with the SER prompt; the target is its label word."""
+        mel, n_tokens = self.speech(raw)
+        return self._example(meta.key, self.ser_turn, meta, meta.emotion, (mel, n_tokens), mel, meta.emotion)
+
+    def pair(self, raw: RawSample, meta: Meta, instruction_raw: RawSample, instruction: Meta) -> Example:
+        """Content from the instruction, emotion from the SER clip; the target is the instruction's ``reply``."""
+        if instruction.pseudo_emotion != meta.emotion:
+            raise SampleError("pair_label_mismatch")
+        if not instruction.reply:
+            raise SampleError("missing_field:reply")
+        emotion_mel, _ = self.speech(raw)
+        content = self.speech(instruction_raw)
+        key = f"{meta.key}+{instruction.key}"
+        return self._example(key, self.pair_turn, instruction, meta.emotion, content, emotion_mel, instruction.reply)
+
+    def _example(self, key, turn: UserTurn, content_meta: Meta, label: str, content, emotion_mel, reply) -> Example:
+        if not turn.speech_slot and not content_meta.text:
+            raise SampleError("missing_field:text")
+        mel, n_tokens = content
+        user = turn.render(key, content_meta.text, label)
+        fields = {"layout": self.layout.build(user, {"<speech>": n_tokens, "<emotion>": 1}, reply)}
+        if turn.speech_slot:
+            fields["mel"] = mel
+        if self.separate:
+            fields["emotion_mel"] = emotion_mel
+        fields["emotion_label"] = EMOTIONS.index(label)
+        return Example(key, fields)

@@ -1,0 +1,104 @@
+"""Run a stage-2 recipe under torchrun and record what the tests assert: frozen weights untouched,
+optimizer state only for the extractor and the SER head, and the SER accuracy of the trained
+model on data.eval_shards under the review's controls (same weights, same data).
+Usage: stage2_check.py RESULT.json CONFIG [overrides...]"""
+
+import dataclasses
+import json
+import sys
+
+import deepspeed
+import torch
+
+from fe_train import stages
+from fe_train.cli import setup_logging
+from fe_train.config import Config
+from fe_train.data.collate import Collate
+from fe_train.data.pipeline import ShardStream, build_loader, resolve_shards
+from fe_train.data.plan import Geometry
+from fe_train.engine.export import load_module
+from fe_train.eval.ser_score import evaluate_ser
+from fe_train.launch.env import from_environ
+from fe_train.model.adapter import StackFFNAdapter
+from fe_train.model.freezing import numel
+from fe_train.model.frozen_llm import load_llm, load_tokenizer
+from fe_train.model.speech_encoder import WhisperSpeechEncoder
+from fe_train.stages import runner
+
+CONTROLS = {"extractor": ("extractor", "speech"), "random_word": ("random_word", "speech"),
+            "true_word": ("true_word", "speech"), "transcript": ("extractor", "transcript")}
+"""report key -> (emotion.emotion_source, emotion.content_source)."""
+
+result_path, config_path, *overrides = sys.argv[1:]
+launch = from_environ()
+setup_logging(launch.rank)
+cfg = Config.load(config_path, overrides)
+recipe = stages.recipe(cfg.train.stage)
+# Reference copies of the frozen weights (the stage-1 adapter included), loaded plainly before any DeepSpeed context.
+encoder = WhisperSpeechEncoder.from_pretrained(cfg.model.encoder_path, torch.float32)
+llm = load_llm(cfg.model.llm_path, torch.float32)
+adapter = StackFFNAdapter(encoder.hidden_size, llm.config.hidden_size, cfg.model.adapter_stack_frames, cfg.model.adapter_hidden_dim)
+load_module(adapter, cfg.train.init_adapter, "train.init_adapter")
+reference = {f"{prefix}.{k}": v.clone() for prefix, module in (("encoder", encoder), ("llm", llm), ("adapter", adapter))
+             for k, v in module.state_dict().items()}
+del encoder, llm, adapter
+tokenizer = load_tokenizer(cfg.model.llm_path)
+report = {}
+
+
+def frozen_and_optimizer(engine):
+    model = engine.module
+    mismatched, checked, frozen_elems, trainable_elems, trainable_names, frozen_names = [], 0, 0, 0, set(), set()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            trainable_elems += numel(param)
+            trainable_names.add(name.split(".")[0])
+            continue
+        frozen_elems += numel(param)
+        frozen_names.add(name.split(".")[0])
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            if not torch.equal(param.data.cpu(), reference[name]):
+                mismatched.append(name)
+            checked += 1
+    opt = engine.optimizer
+    trainable_ids = {id(p) for p in model.parameters() if p.requires_grad}
+    tracked = [p for group in opt.fp16_groups for p in group]
+    state_elems = sum(t.numel() for s in opt.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0)
+    partition_elems = sum(t.numel() for t in opt.fp32_partitioned_groups_flat)
+    sums = torch.tensor([state_elems, partition_elems], dtype=torch.float64)
+    torch.distributed.all_reduce(sums)
+    report.update(
+        frozen_checked=checked, frozen_mismatched=mismatched, frozen_elems=frozen_elems, trainable_modules=sorted(trainable_names),
+        frozen_modules=sorted(frozen_names),
+        trainable_elems=trainable_elems, optimizer_tracks_only_trainable=all(id(p) in trainable_ids for p in tracked),
+        optimizer_tracked_elems=sum(numel(p) for p in tracked), optimizer_state_elems=int(sums[0]),
+        fp32_partition_elems=int(sums[1]), trainable_tensors=len(tracked), world_size=launch.world_size,
+    )
+
+
+def controls(engine):
+    """SER accuracy under each control: the same engine weights, the same held-out shards."""
+    shards = resolve_shards(cfg.data.eval_shards, "data.eval_shards")
+    geometry = Geometry(launch.world_size, cfg.data.num_workers, cfg.train.micro_batch_size)
+    engine.eval()
+    for key, (emotion_source, content_source) in CONTROLS.items():
+        variant = dataclasses.replace(cfg, emotion=dataclasses.replace(cfg.emotion, emotion_source=emotion_source,
+                                                                       content_source=content_source))
+        build = recipe.example_builder(variant, engine.module, tokenizer)
+        stream = ShardStream(shards, launch.rank, geometry, cfg.train.seed, False, build, Collate(tokenizer.pad_token_id))
+        score = evaluate_ser(engine.module, build_loader(stream), tokenizer, torch.device("cpu"), cfg.emotion.eval_max_new_tokens)
+        report[key] = score.as_dict()
+    engine.train()
+
+
+def inspect(trainer):
+    frozen_and_optimizer(trainer.engine)
+    controls(trainer.engine)
+
+
+outcome = runner.run(recipe, cfg, launch, resume=False, hooks=runner.Hooks(after_train=inspect))
+if launch.is_main:
+    report["exports"] = [str(p) for p in outcome.exports]
+    report["steps"] = outcome.state.step
+    with open(result_path, "w") as stream:
+        json.dump(report, stream, indent=1)

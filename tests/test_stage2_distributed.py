@@ -1,0 +1,140 @@
+"""Stage 2 end to end on 2 CPU processes with real DeepSpeed ZeRO-3 (gloo): SER pre-training on held-out
+voices with the review's controls, the exports scored again through ``fe-train eval-ser``, and stage 2b
+on pseudo pairs. The held-out folds are ``fe_train.fixtures.ser_world.FOLDS``, fixed before any result."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+
+from conftest import REPO, torchrun
+from fe_train.fixtures.ser_world import FOLDS
+from fe_train.tracking.tracker import read_metrics
+
+CHECK = str(REPO / "tests" / "dist" / "stage2_check.py")
+CHANCE = 1 / 5
+
+
+def chance_band(clips: int) -> tuple[float, float]:
+    """Accuracy of a label word drawn uniformly at random: 0.2 +- 4 standard deviations of a binomial mean."""
+    spread = 4 * math.sqrt(CHANCE * (1 - CHANCE) / clips)
+    return CHANCE - spread, CHANCE + spread
+
+
+def stage2_overrides(ser_assets, out, fold: int, **extra) -> list[str]:
+    values = {
+        "model.encoder_path": ser_assets.whisper, "model.llm_path": ser_assets.llm, "train.init_adapter": ser_assets.adapter,
+        "data.train_shards": ser_assets.train_shards(fold), "data.eval_shards": ser_assets.heldout_shards(fold),
+        "run.output_dir": out, "run.progress_bar": "false", "run.wandb_mode": "disabled", **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def train_ser(ser_assets, tmp_path_factory, fold: int, **extra):
+    out = tmp_path_factory.mktemp(f"stage2a-fold{fold}") / "run"
+    result = out.parent / "report.json"
+    started = time.perf_counter()
+    proc = torchrun([CHECK, str(result), str(REPO / "configs" / "stage2a_tiny.yaml"),
+                     *stage2_overrides(ser_assets, out, fold, **extra)], timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    report = json.loads(result.read_text())
+    report["wall_s"] = time.perf_counter() - started
+    return out, report
+
+
+FAST = {"train.epochs": 12}
+"""The default tier's faster variant of the preset (20 epochs)."""
+
+
+@pytest.fixture(scope="module")
+def fold0(ser_assets, tmp_path_factory):
+    return train_ser(ser_assets, tmp_path_factory, 0, **FAST)
+
+
+def test_ser_on_heldout_voices_word_and_head(fold0):
+    _, report = fold0
+    score = report["extractor"]
+    print(f"fold 0 ({', '.join(FOLDS[0])}), {FAST}: word {score['word_accuracy']:.3f} head {score['head_accuracy']:.3f} "
+          f"on {score['clips']} clips, {report['wall_s']:.0f} s")
+    assert score["clips"] == 3 * 5 * 6
+    assert score["word_accuracy"] >= 0.80 and score["head_accuracy"] >= 0.80, score
+
+
+def test_controls_random_word_is_chance_and_true_word_is_right(fold0):
+    _, report = fold0
+    low, high = chance_band(report["random_word"]["clips"])
+    assert low <= report["random_word"]["word_accuracy"] <= high, report["random_word"]
+    assert report["true_word"]["word_accuracy"] >= 0.95, report["true_word"]
+    # The SER head reads the extractor, not the prompt: the controls do not move it. With the transcript as
+    # content the extractor reads the clip passed as a separate emotion clip: the same vectors.
+    for control in ("random_word", "true_word", "transcript"):
+        assert report[control]["head_accuracy"] == report["extractor"]["head_accuracy"], control
+
+
+def test_frozen_parts_bit_identical_and_optimizer_state_only_for_extractor_and_head(fold0):
+    _, report = fold0
+    assert report["trainable_modules"] == ["emotion_extractor", "ser_head"]
+    assert report["frozen_checked"] > 20 and report["frozen_mismatched"] == []
+    assert report["frozen_modules"] == ["adapter", "encoder", "llm"]
+    assert report["optimizer_tracks_only_trainable"]
+    assert report["optimizer_tracked_elems"] == report["trainable_elems"]
+    padding = report["fp32_partition_elems"] - report["trainable_elems"]
+    assert 0 <= padding < report["world_size"] * report["trainable_tensors"]
+    assert report["optimizer_state_elems"] == 2 * report["fp32_partition_elems"]
+
+
+def test_eval_ser_scores_the_exports_by_config(ser_assets, fold0, tmp_path):
+    """The exported extractor and head, loaded by config into a fresh ZeRO-3 engine, score what the run scored."""
+    out, report = fold0
+    result = tmp_path / "eval.json"
+    overrides = stage2_overrides(ser_assets, tmp_path / "eval", 0, **{
+        "emotion.init_extractor": out / "export" / "emotion_extractor.safetensors",
+        "emotion.init_ser_head": out / "export" / "ser_head.safetensors"})
+    proc = torchrun(["-m", "fe_train", "eval-ser", "--config", str(REPO / "configs" / "stage2a_tiny.yaml"),
+                     "--out", str(result), *overrides])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    score = json.loads(result.read_text())
+    assert score["clips"] == report["extractor"]["clips"]
+    assert score["confusion"] == report["extractor"]["confusion"]
+    assert score["head_accuracy"] == report["extractor"]["head_accuracy"]
+
+
+def test_stage2b_pseudo_pairs_train_the_extractor(ser_assets, fold0, tmp_path):
+    out2a, report2a = fold0
+    out = tmp_path / "run"
+    result = tmp_path / "report.json"
+    overrides = stage2_overrides(ser_assets, out, 0, **{
+        "emotion.init_extractor": out2a / "export" / "emotion_extractor.safetensors",
+        "emotion.init_ser_head": out2a / "export" / "ser_head.safetensors",
+        "emotion.pair_shards": ser_assets.instructions, "train.log_every": 2, "train.max_steps": 16})
+    proc = torchrun([CHECK, str(result), str(REPO / "configs" / "stage2b_tiny.yaml"), *overrides])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    report = json.loads(result.read_text())
+    assert report["steps"] == 16 and report["frozen_mismatched"] == []
+    assert report["trainable_modules"] == ["emotion_extractor", "ser_head"]
+    assert report["optimizer_tracked_elems"] == report["trainable_elems"]
+    losses = [r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
+    assert len(losses) == 8 and sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses
+    # SER examples mixed in keep SER from degrading.
+    assert report["extractor"]["head_accuracy"] >= report2a["extractor"]["head_accuracy"] - 0.1
+
+
+@pytest.mark.slow
+def test_ser_three_folds_mean_at_least_85_percent(ser_assets, tmp_path_factory):
+    """The full tiny preset on every fold of held-out voices; every fold is printed."""
+    started = time.perf_counter()
+    scores = []
+    for fold in range(len(FOLDS)):
+        _, report = train_ser(ser_assets, tmp_path_factory, fold)
+        score = report["extractor"]
+        scores.append(score)
+        print(f"fold {fold} ({', '.join(FOLDS[fold])}): word {score['word_accuracy']:.3f} head {score['head_accuracy']:.3f} "
+              f"random-word {report['random_word']['word_accuracy']:.3f} true-word {report['true_word']['word_accuracy']:.3f} "
+              f"({report['wall_s']:.0f} s)")
+    word = sum(s["word_accuracy"] for s in scores) / len(scores)
+    head = sum(s["head_accuracy"] for s in scores) / len(scores)
+    print(f"mean over {len(FOLDS)} folds: word {word:.3f} head {head:.3f}; {time.perf_counter() - started:.0f} s")
+    assert word >= 0.85 and head >= 0.85
