@@ -34,13 +34,9 @@ def runs(tmp_path):
 
 
 def test_union_of_stage_runs(runs):
-    from fe_train.config import Config
-
-    if not all(hasattr(Config(), section) for section in ("emotion", "decoder")):
-        pytest.skip("needs the stage-2 and stage-3 config sections (issues 5 and 6)")
     stage1, stage2, stage3 = runs
     cfg, exports = load_config([str(stage1), str(stage2 / "export"), str(stage3)], overrides=["eval.batch_size=3"])
-    assert sorted(exports) == ["adapter", "decoder", "emotion_extractor", "ser_head", "fusion"]
+    assert sorted(exports) == ["adapter", "decoder", "emotion_extractor", "fusion", "ser_head"]
     assert cfg.train.init_adapter == str(stage1 / "export" / "adapter.safetensors")
     assert cfg.emotion.init_extractor == str(stage2 / "export" / "emotion_extractor.safetensors")
     assert cfg.decoder.path == str(stage3 / "export" / "decoder") and cfg.decoder.n_units == 50
