@@ -1,0 +1,74 @@
+"""Typed run configuration: dataclass defaults, YAML overrides, ``key=value`` overrides.
+
+Every number lives here once. YAML files and command-line overrides only change
+fields that exist; an unknown key is a ``UserError`` naming it. The resolved
+config is written beside the checkpoints (``Config.save``), without secrets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fe_train.config.checks import require
+from fe_train.config.decoder import DecoderConfig
+from fe_train.config.emotion import CONTENT_SOURCES, EMOTION_SOURCES, EmotionConfig
+from fe_train.config.evaluation import EVAL_CONTROLS, EVAL_PLACEMENTS, EvalConfig
+from fe_train.config.generate import EMPATHY_SYSTEM, LLM_PLACEMENTS, GenerateConfig
+from fe_train.config.loading import from_tree, merge_overrides, read_yaml
+from fe_train.config.sections import (
+    EMOTIONS,
+    PRECISIONS,
+    DataConfig,
+    EngineConfig,
+    ModelConfig,
+    PromptConfig,
+    RunConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "CONTENT_SOURCES", "EMOTIONS", "EMOTION_SOURCES", "EMPATHY_SYSTEM", "EVAL_CONTROLS", "EVAL_PLACEMENTS",
+    "LLM_PLACEMENTS", "PRECISIONS", "Config", "DataConfig", "DecoderConfig", "EmotionConfig", "EngineConfig",
+    "EvalConfig", "GenerateConfig", "ModelConfig", "PromptConfig", "RunConfig", "TrainConfig", "from_tree",
+    "merge_overrides", "read_yaml", "require",
+]
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    emotion: EmotionConfig = field(default_factory=EmotionConfig)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+        """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides."""
+        tree: dict[str, Any] = {}
+        if path is not None:
+            tree = read_yaml(path)
+        merge_overrides(tree, overrides)
+        return from_tree(cls, tree, where=str(path) if path else "overrides")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the resolved config as YAML (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        os.replace(tmp, path)
+

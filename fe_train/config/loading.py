@@ -1,0 +1,95 @@
+"""Config trees: YAML files, ``section.key=value`` overrides, and their typed, checked conversion."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fe_train.errors import UserError
+
+
+def merge_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Write ``section.key=value`` overrides into a config tree (values parsed as YAML)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise UserError(f"override {item!r}: expected section.key=value, e.g. train.lr=1e-4")
+        section, _, name = key.partition(".")
+        tree.setdefault(section, {})
+        if not isinstance(tree[section], dict):
+            raise UserError(f"override {item!r}: {section!r} is not a section")
+        tree[section][name] = yaml.safe_load(value) if value else ""
+    return tree
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path}: no such file")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"config file {path}: expected a mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
+def from_tree(cls, tree: dict[str, Any], where: str, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, coercing and checking every key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise UserError(f"{where}: unknown config key {dotted!r} (known here: {known})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: {dotted!r} must be a mapping, got {value!r}")
+            kwargs[key] = from_tree(hint, value, where, prefix=f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(hint, value, dotted, where)
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, key: str, where: str):
+    origin = typing.get_origin(hint) or hint
+    try:
+        if origin is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes", "on"):
+                return True
+            if str(value).lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if origin is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if origin is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if origin is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return "" if value is None else str(value)
+        if origin is list:
+            if not isinstance(value, list):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    name = getattr(origin, "__name__", str(origin))
+    raise UserError(f"{where}: {key!r} = {value!r} is not a valid {name}")

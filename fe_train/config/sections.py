@@ -1,0 +1,166 @@
+"""The sections every stage shares: model, prompt, data, train, engine, run."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+
+from fe_train.config.checks import require
+
+PRECISIONS = ("bf16", "fp32")
+EMOTIONS = ("angry", "surprised", "happy", "sad", "neutral")
+"""The five emotion classes, in the order of the released FreezeEmpath code."""
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "whisper"
+    """Speech-encoder implementation (a key of ``fe_train.model.registry.ENCODERS``)."""
+    encoder_path: str = ""
+    """Directory of a Whisper checkpoint saved with ``save_pretrained`` (frozen)."""
+    llm_path: str = ""
+    """Directory of a causal LM and its tokenizer saved with ``save_pretrained`` (frozen)."""
+    adapter: str = "stack_ffn"
+    """Semantic-adapter implementation (a key of ``fe_train.model.registry.ADAPTERS``)."""
+    adapter_stack_frames: int = 5
+    """Consecutive encoder frames stacked into one LLM token (50 Hz -> 10 Hz for 5)."""
+    adapter_hidden_dim: int = 2048
+    """Hidden width of the adapter's two-layer FFN."""
+    llm_activation_checkpointing: bool = False
+    """Recompute the frozen LLM's activations in backward (less memory, about 1/3 more LLM compute)."""
+    trim_encoder_padding: bool = True
+    """Feed the adapter only the encoder frames of real audio, not Whisper's 30 s padding."""
+
+    def __post_init__(self):
+        require(self.adapter_stack_frames >= 1, "model.adapter_stack_frames", self.adapter_stack_frames, "an integer >= 1")
+        require(self.adapter_hidden_dim >= 1, "model.adapter_hidden_dim", self.adapter_hidden_dim, "an integer >= 1")
+
+
+@dataclass
+class PromptConfig:
+    system: str = "You are a helpful assistant."
+    """System prompt of the chat template ('' for none)."""
+    user_speech: str = "<speech>"
+    """User turn when the instruction is spoken; ``<speech>`` marks the adapter's soft tokens."""
+    user_text: str = "{text}"
+    """User turn when the instruction is text (target generation, transcript control)."""
+    max_reply_tokens: int = 256
+    """Reply tokens kept per sample (longer replies are cut and counted)."""
+
+    def __post_init__(self):
+        require(self.max_reply_tokens >= 1, "prompt.max_reply_tokens", self.max_reply_tokens, "an integer >= 1")
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = ""
+    """Training shards: a directory, a brace pattern (``dir/train-{000000..000031}.tar``) or a glob."""
+    eval_shards: str = ""
+    """Held-out shards evaluated at ``train.eval_every`` steps and at the end ('' for none)."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank; every worker needs at least one shard."""
+    sample_rate_hz: int = 16000
+    """Rate the encoder expects; audio at another rate is resampled."""
+    shuffle: bool = True
+    """Shuffle shard order and samples within each shard, anew each epoch from the seed."""
+    max_skip_fraction: float = 0.01
+    """Stop with an error naming the shards once the skipped samples exceed this fraction of the epoch's samples."""
+
+    def __post_init__(self):
+        require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        require(0.0 <= self.max_skip_fraction <= 1.0, "data.max_skip_fraction", self.max_skip_fraction, "a fraction in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "align"
+    """Recipe to run (a key of ``fe_train.stages.STAGES``): align, ..."""
+    epochs: int = 1
+    """Passes over the training shards."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run all epochs)."""
+    global_batch_size: int = 128
+    """Samples per optimizer step over all ranks (micro batch x accumulation x world size)."""
+    micro_batch_size: int = 8
+    """Samples per rank per forward pass."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    warmup_ratio: float = 0.03
+    """Fraction of the optimizer steps with linear warmup before the cosine decay."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine decay, as a fraction of ``lr``."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    precision: str = "bf16"
+    """Compute precision of the engine: bf16 or fp32."""
+    seed: int = 42
+    """Seed of the data order and of the trainable modules' initialisation."""
+    log_every: int = 10
+    """Optimizer steps between console/jsonl/wandb records."""
+    eval_every: int = 0
+    """Optimizer steps between evaluations on ``data.eval_shards`` (0: only at start and end)."""
+    save_every: int = 0
+    """Optimizer steps between checkpoints (0: only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept; older ones are deleted once a newer one is complete."""
+    init_adapter: str = ""
+    """A ``adapter.safetensors`` export to start the adapter from (stages after 1)."""
+    max_nonfinite_steps: int = 10
+    """Stop (after saving the last good state) when this many micro-batches in a row have a NaN/inf loss."""
+
+    def __post_init__(self):
+        require(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}")
+        for key in ("epochs", "global_batch_size", "micro_batch_size", "log_every", "keep_last", "max_nonfinite_steps"):
+            require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "an integer >= 1")
+        for key in ("max_steps", "eval_every", "save_every"):
+            require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "an integer >= 0")
+        require(self.lr > 0, "train.lr", self.lr, "a positive number")
+        require(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", self.warmup_ratio, "a fraction in [0, 1)")
+        require(len(self.adam_betas) == 2, "train.adam_betas", self.adam_betas, "two numbers")
+
+
+@dataclass
+class EngineConfig:
+    ds_config: str = "ds_configs/zero3.json"
+    """DeepSpeed engine and memory policy (ZeRO stage, offload, buckets); batch, lr, clipping and precision are injected."""
+    optimizer: str = "auto"
+    """AdamW implementation: auto (DeepSpeedCPUAdam when the optimizer is offloaded, else torch), torch, or deepspeed_cpu."""
+    dist_backend: str = "auto"
+    """torch.distributed backend: auto (nccl with CUDA, else gloo), nccl or gloo."""
+    timeout_s: int = 1800
+    """Collective timeout: a rank that died makes the others fail after this long at most."""
+
+    def __post_init__(self):
+        require(self.optimizer in ("auto", "torch", "deepspeed_cpu"), "engine.optimizer", self.optimizer, "auto, torch or deepspeed_cpu")
+        require(self.dist_backend in ("auto", "nccl", "gloo"), "engine.dist_backend", self.dist_backend, "auto, nccl or gloo")
+        require(self.timeout_s >= 1, "engine.timeout_s", self.timeout_s, "an integer >= 1")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"
+    """Checkpoints, resolved config, metrics.jsonl and plots go here."""
+    name: str = ""
+    """Run name shown in wandb ('' for the output directory's name)."""
+    wandb_mode: str = "offline"
+    """wandb mode: offline, online or disabled."""
+    wandb_project: str = "fe-train"
+    """wandb project."""
+    progress_bar: bool = True
+    """Show a tqdm bar with loss and samples/s on rank 0."""
+    peak_tflops: float = 0.0
+    """Peak FLOP/s of one device in TFLOP/s for MFU (0: known GPUs by name, none on CPU)."""
+    log_keys: bool = False
+    """Write the sample keys of every micro-batch to ``keys/rank*.jsonl`` (an audit of exactly-once reading)."""
+    checkpoint_signals: list = field(default_factory=lambda: ["SIGUSR1"])
+    """Signals that make the run save a checkpoint at the next step and exit with status 75 (preemption)."""
+
+    def __post_init__(self):
+        require(self.wandb_mode in ("offline", "online", "disabled"), "run.wandb_mode", self.wandb_mode, "offline, online or disabled")
+        for name in self.checkpoint_signals:
+            require(isinstance(name, str) and hasattr(signal, name), "run.checkpoint_signals", name, "signal names such as SIGUSR1")
+
