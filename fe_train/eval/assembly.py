@@ -1,10 +1,16 @@
 """The model evaluated or served: the frozen parts and every trained module of the checkpoints.
 
-``build(cfg, modules, dtype, partitioned)`` makes a ``FreezeEmpath`` (frozen encoder
-and LLM, the adapter) whose trained modules are loaded from the config's init keys
-(``fe_train.eval.checkpoints.INIT_KEYS``). Every weight is frozen: evaluation
-never trains. As in the recipes, the LLM is built inside ``partitioned()`` so that
-ZeRO-3 placement loads it partitioned.
+``build(cfg, modules, dtype, partitioned)`` makes the model of the recipes that
+trained ``modules`` (names of exported modules), each loaded from the config's
+init keys (``fe_train.eval.checkpoints.INIT_KEYS``):
+
+- the adapter (stage 1): ``FreezeEmpath`` as ``fe_train.stages.align`` builds it;
+- with the emotion extractor and SER head (stage 2): as ``fe_train.stages.ser`` builds it;
+- with the speech decoder and fusion (stage 3): that speech LLM inside a ``SpokenReply``,
+  the decoder and fusion from ``fe_train.stages.decoder_pretrain.build_decoder``.
+
+Every weight is frozen: evaluation never trains. As in the recipes, the LLM comes
+from ``partitioned().load_causal_lm`` so that ZeRO-3 placement loads it partitioned.
 """
 
 from __future__ import annotations
@@ -17,26 +23,35 @@ from fe_train.config import Config
 from fe_train.engine.export import load_module
 from fe_train.errors import UserError
 from fe_train.model.freezeempath import FreezeEmpath
-from fe_train.model.frozen_llm import load_llm, load_tokenizer
-from fe_train.model.registry import ADAPTERS, ENCODERS, lookup
+from fe_train.model.spoken_reply import SpokenReply
+from fe_train.stages import align, ser
+from fe_train.stages.decoder_pretrain import build_decoder
 
 log = logging.getLogger(__name__)
+
+STAGE_MODULES = {"emotion": ("emotion_extractor", "ser_head"), "decoder": ("decoder", "fusion")}
+"""Modules that are loaded together: a stage's exports, all or none."""
 
 
 def build(cfg: Config, modules: set[str], dtype, partitioned) -> tuple[nn.Module, object]:
     """The model with ``modules`` (names of exported modules) loaded, and the LLM's tokenizer."""
-    m = cfg.model
     if "adapter" not in modules:
         raise UserError("the checkpoints export no adapter: speech cannot reach the LLM (give the stage-1 run as --ckpt)")
-    encoder = lookup(ENCODERS, m.encoder, "model.encoder")(m.encoder_path, dtype)  # whole: see align.build_model
-    with partitioned():
-        llm = load_llm(m.llm_path, dtype)
-    adapter = lookup(ADAPTERS, m.adapter, "model.adapter")(encoder.hidden_size, llm.config.hidden_size, m)
-    load_module(adapter, cfg.train.init_adapter, "train.init_adapter")
-    model = FreezeEmpath(llm, encoder=encoder, adapter=adapter)
+    for stage, names in STAGE_MODULES.items():
+        missing = [name for name in names if name not in modules]
+        if len(missing) < len(names) and missing:
+            raise UserError(f"the checkpoints export {sorted(set(names) - set(missing))} but not {missing}: "
+                            f"give the run that exported every {stage} module as --ckpt")
+    if "emotion_extractor" in modules:
+        model, tokenizer = ser.build_model(cfg, dtype, partitioned)
+    else:
+        model, tokenizer = align.build_model(cfg, dtype, partitioned)
+        load_module(model.adapter, cfg.train.init_adapter, "train.init_adapter")
+    if "decoder" in modules:
+        model = SpokenReply(model, *build_decoder(cfg.decoder, model.llm, tokenizer, dtype))
     model.requires_grad_(False)
     log.info("assembled %s from %s", type(model).__name__, ", ".join(sorted(modules)))
-    return model, load_tokenizer(m.llm_path)
+    return model, tokenizer
 
 
 def speech_llm(model: nn.Module) -> FreezeEmpath:

@@ -4,9 +4,11 @@ The model of ``--ckpt`` (runs merged as in ``fe_train.eval.checkpoints``) is bui
 whole on this process's device, the audio is decoded at ``data.sample_rate_hz``
 and put to the model under the checkpoint's prompt, and the greedy reply
 (``eval.max_new_tokens``) is returned with the recognised emotion and the speech
-units. The model assembled today holds the stage-1 adapter only: it has no
-emotion extractor (stage 2) and no speech decoder (stage 3), so ``emotion`` is ''
-and ``units`` is empty, and the vocoder (``eval.vocoder``) is only checked.
+units. The emotion is the SER head's choice over the extractor's vector (stage 2's
+exports; '' without them). With stage 3's exports the reply is spoken while it is
+generated (``fe_train.model.streaming.speak``, ``decoder.read_tokens`` /
+``write_units`` / ``max_new_units``): its units are saved, and the vocoder
+(``eval.vocoder``), when configured, turns them into a wav.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from fe_train.config import EMOTIONS
 from fe_train.data.collate import Collate
 from fe_train.data.schema import Meta, SampleError
 from fe_train.errors import UserError
@@ -26,6 +30,9 @@ from fe_train.eval.checkpoints import load_config
 from fe_train.eval.placement import replicate
 from fe_train.eval.tasks import Replier, SpokenPrompt, to_device
 from fe_train.eval.vocoder import load_vocoder, write_wave
+from fe_train.generate.replies import Reply, decode
+from fe_train.model.spoken_reply import SpokenReply
+from fe_train.model.streaming import speak
 
 
 @dataclass
@@ -59,8 +66,15 @@ def infer(checkpoints: list[str], audio_path: str, out_dir: str, device, config_
     except SampleError as exc:
         raise UserError(f"audio file {path}: {exc} (expected speech soundfile can read, at most 30 s)") from None
     batch = to_device(Collate(placed.tokenizer.pad_token_id)([example]), device)
-    reply = Replier(cfg, model, placed.tokenizer, synced=False)(model, batch)[0]
-    result = Inference(str(path), reply)
+    result = Inference(str(path), "", recognised_emotion(model, batch))
+    if isinstance(placed.model, SpokenReply):
+        d = cfg.decoder
+        spoken = speak(placed.model, batch, d.read_tokens, d.write_units, placed.tokenizer.eos_token_id,
+                       cfg.eval.max_new_tokens, d.max_new_units)
+        result.reply = decode(placed.tokenizer, Reply(spoken.reply_ids, spoken.ended))
+        result.units = spoken.units
+    else:
+        result.reply = Replier(cfg, model, placed.tokenizer, synced=False)(model, batch)[0]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if result.units:
@@ -70,3 +84,11 @@ def infer(checkpoints: list[str], audio_path: str, out_dir: str, device, config_
     (out / "infer.json").write_text(json.dumps(asdict(result), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return result
 
+
+@torch.no_grad()
+def recognised_emotion(model, batch: dict) -> str:
+    """The SER head's label for the batch of one ('' without an emotion extractor and SER head)."""
+    if model.ser_head is None:
+        return ""
+    _, emotion = model.embed_with_emotion(batch)  # (1, D_llm)
+    return "" if emotion is None else EMOTIONS[int(model.ser_head(emotion)[0].argmax())]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fe_train.config import Config
+from fe_train.model.frozen_llm import load_llm
 
 
 @dataclass
@@ -26,8 +27,15 @@ def dtype_of(cfg: Config) -> torch.dtype:
     return torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
 
 
+class WholeBuild(contextlib.nullcontext):
+    """``partitioned()`` of a replicated model: the recipes' builders load every part whole."""
+
+    def load_causal_lm(self, path: str, dtype: torch.dtype, activation_checkpointing: bool = False) -> nn.Module:
+        return load_llm(path, dtype, activation_checkpointing)
+
+
 def replicate(cfg: Config, build: Callable, device: torch.device, world_size: int) -> PlacedModel:
-    model, tokenizer = build(dtype_of(cfg), contextlib.nullcontext)
+    model, tokenizer = build(dtype_of(cfg), WholeBuild)
     return PlacedModel(model.to(device).eval(), tokenizer, synced=False)
 
 

@@ -1,0 +1,98 @@
+"""``fe-train infer`` from runs of stages 1, 2a and 3a: the recognised emotion, the reply, the streamed units.
+
+The three runs are short (a few optimizer steps each, one process): what is tested is that
+every stage's exports load into one model and reach the output, not what they learned.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from conftest import REPO, stage1_overrides, torchrun
+from fe_train.cli import train_main
+from fe_train.config import EMOTIONS
+
+FEW_STEPS = {"train.max_steps": 2, "train.global_batch_size": 4, "train.micro_batch_size": 2,
+             "data.eval_shards": "", "run.progress_bar": "false", "run.wandb_mode": "disabled"}
+
+
+def train(config: str, out, values: dict) -> None:
+    args = [f"{k}={v}" for k, v in {**FEW_STEPS, **values, "run.output_dir": out}.items()]
+    proc = torchrun(["-m", "fe_train", "train", "--config", str(REPO / "configs" / config), *args], nproc=1)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+def write_ser_shards(out) -> str:
+    """Two voices x five emotions x two clips of the SER world, with their label in ``emotion``."""
+    from fe_train.data import synthetic
+    from fe_train.data.schema import Meta
+    from fe_train.data.writer import encode_sample, write_shards
+    from fe_train.fixtures import ser_world
+
+    clips = ser_world.ser_clips(ser_world.COMMON_VOICES[:2], per_cell=2)
+    samples = [encode_sample(Meta(key=c.key, corpus="ser-synthetic", speaker=c.voice, text=c.text, emotion=c.emotion),
+                             c.wave, synthetic.SAMPLE_RATE_HZ) for c in clips]
+    random.Random(0).shuffle(samples)
+    write_shards(samples, out, prefix="ser", max_count=10)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def stage_runs(assets, tmp_path_factory):
+    """Stage 1, then 2a from its adapter, then 3a: 2 steps each (about a minute here)."""
+    from fe_train.fixtures.unit_assets import build_unit_assets
+
+    root = tmp_path_factory.mktemp("stages")
+    stage1, stage2, stage3 = root / "stage1", root / "stage2a", root / "stage3a"
+    overrides = dict(item.split("=", 1) for item in stage1_overrides(assets, stage1))
+    train("stage1_tiny.yaml", stage1, {**overrides, "data.eval_shards": ""})
+    train("stage2a_tiny.yaml", stage2, {
+        "model.encoder_path": assets.whisper, "model.llm_path": assets.llm,
+        "train.init_adapter": stage1 / "export" / "adapter.safetensors",
+        "data.train_shards": write_ser_shards(root / "ser")})
+    units = build_unit_assets(assets, root / "units", n_strings=40)
+    train("stage3a_tiny.yaml", stage3, {
+        "model.llm_path": assets.llm, "decoder.path": units.decoder, "decoder.n_units": units.n_units,
+        "decoder.max_new_units": 60, "data.train_shards": units.split(units.reply_shards, "train")})
+    return stage1, stage2, stage3
+
+
+def test_infer_speaks_with_the_emotion_from_stages_1_2a_3a(stage_runs, tmp_path, capsys):
+    from fe_train.data import synthetic
+
+    question = synthetic.instructions()[0]
+    wav = tmp_path / "question.wav"
+    sf.write(wav, synthetic.speak(question.text, synthetic.VOICES[0]), synthetic.SAMPLE_RATE_HZ, subtype="PCM_16")
+    ckpts = [arg for run in stage_runs for arg in ("--ckpt", str(run))]
+    assert train_main(["infer", *ckpts, "--out", str(tmp_path / "out"), str(wav), "eval.max_new_tokens=8"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "out" / "infer.json").read_text())
+    assert result["emotion"] in EMOTIONS and f"emotion: {result['emotion']}\n" in printed
+    assert f"reply: {result['reply']}\n" in printed
+    assert result["units"] and f"units: {len(result['units'])}\n" in printed
+    saved = np.load(tmp_path / "out" / "question.units.npy")
+    assert saved.tolist() == result["units"]
+    n_units = yaml.safe_load((stage_runs[2] / "config.yaml").read_text())["decoder"]["n_units"]
+    assert all(0 <= u < n_units for u in result["units"])
+
+
+def test_infer_refuses_half_a_stage(stage_runs, tmp_path):
+    from fe_train.data import synthetic
+    from fe_train.errors import UserError
+    from fe_train.eval.infer import infer
+
+    stage1, stage2, _ = stage_runs
+    wav = tmp_path / "question.wav"
+    sf.write(wav, synthetic.speak("hello", synthetic.VOICES[0]), synthetic.SAMPLE_RATE_HZ, subtype="PCM_16")
+    (stage2 / "export" / "ser_head.safetensors").rename(tmp_path / "ser_head.safetensors")
+    try:
+        with pytest.raises(UserError, match=r"export \['emotion_extractor'\] but not \['ser_head'\]"):
+            infer([str(stage1), str(stage2)], str(wav), str(tmp_path / "out"), "cpu")
+    finally:
+        (tmp_path / "ser_head.safetensors").rename(stage2 / "export" / "ser_head.safetensors")
