@@ -96,3 +96,28 @@ def test_infer_refuses_half_a_stage(stage_runs, tmp_path):
             infer([str(stage1), str(stage2)], str(wav), str(tmp_path / "out"), "cpu")
     finally:
         (tmp_path / "ser_head.safetensors").rename(stage2 / "export" / "ser_head.safetensors")
+
+
+def test_ablate_reads_the_ser_head_only_where_the_extractor_fills_the_slot(stage_runs, tmp_path):
+    stage1, stage2, _ = stage_runs
+    ser_user = yaml.safe_load((stage2 / "config.yaml").read_text())["emotion"]["ser_user"]
+    shards = str(stage2.parent / "ser")
+    assert train_main(["eval", "ablate", "--task", "ser", "--ckpt", str(stage1), "--ckpt", str(stage2), "--shards", shards,
+                       "--out", str(tmp_path), "eval.controls=[extractor,gold_label]", f"eval.ser_user={ser_user}",
+                       "eval.max_new_tokens=4", "eval.bootstrap_resamples=50", "run.progress_bar=false"]) == 0
+    table = json.loads((tmp_path / "ablation.json").read_text())["controls"]
+    assert table["extractor"]["items"] == table["gold_label"]["items"] == 20
+    assert "head/wa" in table["extractor"] and "head/wa" not in table["gold_label"]
+    records = [json.loads(line) for line in (tmp_path / "extractor" / "ser.records.jsonl").read_text().splitlines()]
+    assert all(r["head"] in EMOTIONS for r in records)
+
+
+def test_extractor_control_needs_the_slot_and_the_extractor():
+    from fe_train.errors import UserError
+    from fe_train.eval.controls import check_control
+
+    with pytest.raises(UserError, match=r"has no <emotion> for the extractor's soft token"):
+        check_control("extractor", "<speech> Is the speaker angry?", has_extractor=True)
+    with pytest.raises(UserError, match=r"export no emotion extractor \(give the stage-2 run as --ckpt\)"):
+        check_control("extractor", "<speech>(<emotion>)", has_extractor=False)
+    check_control("extractor", "<speech>(<emotion>)", has_extractor=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from fe_train.config.checks import require
 
 EVAL_PLACEMENTS = ("replicate", "zero3")
-EVAL_CONTROLS = ("speech", "transcript", "gold_label", "random_label")
+EVAL_CONTROLS = ("speech", "transcript", "gold_label", "random_label", "extractor")
 
 
 @dataclass
@@ -32,7 +32,8 @@ class EvalConfig:
     """Turns speech units into a wav: ``module:callable`` or the name of an ``fe_train.vocoders`` entry point ('' for none)."""
     control: str = "speech"
     """What fills the user turn: speech (the audio), transcript (the text in place of <speech>), gold_label or
-    random_label (the audio, and a label word in place of <emotion>); see fe_train.eval.controls."""
+    random_label (the audio, and a label word in place of <emotion>), extractor (the audio, and the stage-2
+    extractor's soft token in <emotion>); see fe_train.eval.controls."""
     controls: list = field(default_factory=lambda: ["speech", "transcript"])
     """The controls ``fe-train eval ablate`` compares, one table row each."""
     ser_user: str = "<speech> Is the speaker angry, surprised, happy, sad or neutral?"

@@ -18,9 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from fe_train.config import EMOTIONS
 from fe_train.data.collate import Collate
 from fe_train.data.schema import Meta, SampleError
 from fe_train.errors import UserError
@@ -28,6 +26,7 @@ from fe_train.eval import assembly
 from fe_train.eval.assembly import speech_llm
 from fe_train.eval.checkpoints import load_config
 from fe_train.eval.placement import replicate
+from fe_train.eval.ser import head_labels
 from fe_train.eval.tasks import Replier, SpokenPrompt, to_device
 from fe_train.eval.vocoder import load_vocoder, write_wave
 from fe_train.generate.replies import Reply, decode
@@ -66,7 +65,7 @@ def infer(checkpoints: list[str], audio_path: str, out_dir: str, device, config_
     except SampleError as exc:
         raise UserError(f"audio file {path}: {exc} (expected speech soundfile can read, at most 30 s)") from None
     batch = to_device(Collate(placed.tokenizer.pad_token_id)([example]), device)
-    result = Inference(str(path), "", recognised_emotion(model, batch))
+    result = Inference(str(path), "", head_labels(model, batch)[0] if model.ser_head is not None else "")
     if isinstance(placed.model, SpokenReply):
         d = cfg.decoder
         spoken = speak(placed.model, batch, d.read_tokens, d.write_units, placed.tokenizer.eos_token_id,
@@ -83,12 +82,3 @@ def infer(checkpoints: list[str], audio_path: str, out_dir: str, device, config_
             result.wave = str(write_wave(vocoder, np.asarray(result.units), out / f"{path.stem}.reply.wav"))
     (out / "infer.json").write_text(json.dumps(asdict(result), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return result
-
-
-@torch.no_grad()
-def recognised_emotion(model, batch: dict) -> str:
-    """The SER head's label for the batch of one ('' without an emotion extractor and SER head)."""
-    if model.ser_head is None:
-        return ""
-    _, emotion = model.embed_with_emotion(batch)  # (1, D_llm)
-    return "" if emotion is None else EMOTIONS[int(model.ser_head(emotion)[0].argmax())]

@@ -7,20 +7,25 @@ in any of its forms (``WORDS``: "anger" and "angry" both name angry). A reply
 that names none is counted in the confusion matrix's ``none`` column; a negation
 ("not angry") is not understood and reads as the word it negates.
 
-The auxiliary head's prediction (stage 2a's ``ser_head``) is a second reader of
-the same records (``READERS``); the model assembled from stage-1 and stage-3
-checkpoints has no head, so only the word is read.
+The auxiliary head's prediction (stage 2a's ``ser_head`` over the extractor's
+vector) is a second reader of the same records (``READERS``), read only when that
+vector is what fills ``<emotion>`` (``controls.extractor_fills_slot``: not under a
+label control, whose label word replaces it); a model without an SER head (stage-1
+and stage-3 checkpoints) has only the word read.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from fe_train.config import EMOTIONS, Config
 from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.schema import SampleError
 from fe_train.eval.assembly import speech_llm
 from fe_train.eval.confusion import plot_confusion
+from fe_train.eval.controls import extractor_fills_slot
 from fe_train.eval.gather import real_rows
 from fe_train.eval.report import markdown_table, percent
 from fe_train.eval.ser_metrics import predictions_from, ser_metrics
@@ -31,7 +36,7 @@ from fe_train.stages.align import read_meta
 WORDS = {"angry": "angry", "anger": "angry", "surprised": "surprised", "surprise": "surprised", "happy": "happy",
          "happiness": "happy", "joy": "happy", "sad": "sad", "sadness": "sad", "neutral": "neutral"}
 """Normalised reply word -> the class it names."""
-READERS = ("word",)
+READERS = ("word", "head")
 """Record fields holding a prediction; ``head`` joins when the model has an SER head."""
 
 
@@ -59,6 +64,7 @@ class SERTask:
         self.cfg = cfg
         self.prompt = SpokenPrompt(cfg, speech_llm(model), tokenizer, user=cfg.eval.ser_user)
         self.replier = Replier(cfg, speech_llm(model), tokenizer, synced)
+        self.read_head = speech_llm(model).ser_head is not None and extractor_fills_slot(cfg.eval.control, cfg.eval.ser_user)
 
     def build(self, raw: RawSample) -> Example:
         meta = read_meta(raw)
@@ -68,8 +74,13 @@ class SERTask:
 
     def score(self, model, batch: dict) -> list[dict]:
         replies = self.replier(speech_llm(model), batch)
-        return [{"key": key, "corpus": batch["corpus"][row], "label": batch["label"][row], "reply": replies[row],
-                 "word": label_word(replies[row])} for row, key in real_rows(batch)]
+        records = [{"key": key, "corpus": batch["corpus"][row], "label": batch["label"][row], "reply": replies[row],
+                    "word": label_word(replies[row])} for row, key in real_rows(batch)]
+        if self.read_head:
+            heads = head_labels(speech_llm(model), batch)
+            for record, (row, _) in zip(records, real_rows(batch)):
+                record["head"] = heads[row]
+        return records
 
     def summarize(self, records: list[dict]) -> tuple[dict, str]:
         bootstrap = bootstrap_of(self.cfg)
@@ -87,3 +98,10 @@ class SERTask:
         return [plot_confusion(m["confusion"], m["classes"], m["confusion_columns"],
                                Path(out_dir) / f"ser.confusion.{reader}.png", f"SER ({reader}), {m['clips']} clips")
                 for reader, m in result["readers"].items()]
+
+
+@torch.no_grad()
+def head_labels(model, batch: dict) -> list[str]:
+    """The SER head's class for every row, from the extractor's vectors (B, D_llm)."""
+    _, emotion = model.embed_with_emotion(batch)
+    return [EMOTIONS[int(i)] for i in model.ser_head(emotion).argmax(dim=-1)]

@@ -42,7 +42,7 @@ class SpokenPrompt:
         self.speech = SpeechInput(cfg, model.encoder.n_mels, model.encoder.n_frames)
         self.user = cfg.prompt.user_speech if user is None else user
         self.control, self.seed = cfg.eval.control, cfg.eval.seed
-        check_control(self.control, self.user)
+        check_control(self.control, self.user, getattr(model, "emotion_extractor", None) is not None)
 
     def example(self, raw: RawSample, meta: Meta, fields: dict) -> Example:
         user, audio = CONTROLS[self.control](self.user, meta, self.seed)
