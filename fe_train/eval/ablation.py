@@ -2,13 +2,14 @@
 
 The model is placed once; each control (``eval.control``: ``speech``, the audio
 through the adapter; ``transcript``, the transcript as text, the frozen LLM's
-ceiling; ``gold_label``/``random_label``, a label word in the prompt) re-reads the shards and is scored by the task. Every control's full
+ceiling; ``gold_label``/``random_label``, a label word in the prompt; ``extractor``)
+re-reads the shards and is scored by the task. Every control's full
 results go to ``<out>/<control>/``; ``ablation.json`` and ``ablation.md`` hold
 each control's items, skipped samples and the task's headline numbers.
 
 ``gold_label`` and ``random_label`` write a label word in place of ``<emotion>``
-(``fe_train.eval.controls``); the extractor control of the review, its soft token in
-that slot, needs the stage-2 emotion extractor and is not here yet.
+(``fe_train.eval.controls``); ``extractor``, the review's extractor control, leaves
+the slot to the stage-2 emotion extractor's soft token (a stage-2 run in ``--ckpt``).
 """
 
 from __future__ import annotations
