@@ -64,7 +64,7 @@ class SERTask:
         self.cfg = cfg
         self.prompt = SpokenPrompt(cfg, speech_llm(model), tokenizer, user=cfg.eval.ser_user)
         self.replier = Replier(cfg, speech_llm(model), tokenizer, synced)
-        self.read_head = speech_llm(model).ser_head is not None and extractor_fills_slot(cfg.eval.control, cfg.eval.ser_user)
+        self.read_head = getattr(speech_llm(model), "ser_head", None) is not None and extractor_fills_slot(cfg.eval.control, cfg.eval.ser_user)
 
     def build(self, raw: RawSample) -> Example:
         meta = read_meta(raw)
