@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fe_train.data.prompt import IGNORE, SLOTS
+from fe_train.model.next_token_loss import next_token_loss
 from fe_train.model.speech_encoder import encoder_frames
 from fe_train.model.splice import splice, valid_rows
 
@@ -99,15 +100,4 @@ class FreezeEmpath(nn.Module):
 
     def reply_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Next-token cross-entropy on labelled positions; logits only where a label follows."""
-        targets = labels[:, 1:]  # (B, T-1): the token each position predicts
-        keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # columns with any label
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False)
-        logits = out.logits.float()  # (B, K, V)
-        kept = targets[:, keep]  # (B, K)
-        n_tokens = (kept != IGNORE).sum()
-        loss_sum = F.cross_entropy(logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE, reduction="sum")
-        correct = ((logits.argmax(-1) == kept) & (kept != IGNORE)).sum()
-        # An all-padding micro-batch has no label, yet its loss must reach every trainable
-        # weight so that ZeRO-3's gradient hooks fire on every rank.
-        loss = loss_sum / n_tokens.clamp(min=1)
-        return {"loss": loss, "n_tokens": n_tokens.detach(), "n_correct": correct.detach()}
+        return next_token_loss(self.llm, embeds, attention_mask, labels)

@@ -17,11 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fe_train.data.prompt import IGNORE
 from fe_train.errors import UserError
+from fe_train.model.next_token_loss import next_token_loss
 from fe_train.model.pretrained import require_pretrained
 
 log = logging.getLogger(__name__)
@@ -117,17 +116,7 @@ class SpeechDecoder(nn.Module):
 
     def unit_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Next-token cross-entropy on the labelled (unit and eos) positions; logits only where a label follows."""
-        targets = labels[:, 1:]  # (B, S-1): the token each position predicts
-        keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # columns with any label
-        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False)
-        logits = out.logits.float()  # (B, K, V)
-        kept = targets[:, keep]  # (B, K)
-        n_tokens = (kept != IGNORE).sum()
-        loss_sum = F.cross_entropy(logits.flatten(0, 1), kept.flatten(), ignore_index=IGNORE, reduction="sum")
-        correct = ((logits.argmax(-1) == kept) & (kept != IGNORE)).sum()
-        # An all-padding micro-batch has no label; its zero loss still reaches every trainable weight (ZeRO-3 hooks).
-        loss = loss_sum / n_tokens.clamp(min=1)
-        return {"loss": loss, "n_tokens": n_tokens.detach(), "n_correct": correct.detach()}
+        return next_token_loss(self.lm, embeds, attention_mask, labels)
 
     def step(self, embeds: torch.Tensor, cache=None):
         """Append positions (1, n, D_dec) to the KV cache; the next-token logits (V,) and the cache."""
