@@ -18,9 +18,26 @@ PREEMPTED_EXIT = 75
 """Exit status of a run stopped by a checkpoint signal (EX_TEMPFAIL): the job should be requeued."""
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment a record is emitted, not of the moment the handler was made.
+
+    A command run in-process (tests, notebooks) may set up logging while ``sys.stderr`` is a stream that is
+    closed later (pytest's capture); a handler bound to it would raise "I/O operation on closed file"
+    at every later record.
+    """
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
 def setup_logging(rank: int = 0) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+                        handlers=[StderrHandler()], force=True)
     logging.getLogger("fe_train.launch").setLevel(logging.INFO)  # every rank says who and where it is
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -30,6 +47,8 @@ def setup_logging(rank: int = 0) -> None:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        hf_logging.disable_default_handler()  # bound to sys.stderr when made, like any StreamHandler
+        hf_logging.enable_propagation()  # to the StderrHandler above
     except ImportError:
         pass
 
