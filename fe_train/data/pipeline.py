@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import glob
 import os
+import socket
+import stat
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -225,4 +227,28 @@ def build_loader(stream: ShardStream, pin_memory: bool = False) -> torch.utils.d
         pin_memory=pin_memory,
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
+        worker_init_fn=close_inherited_connections,
     )
+
+
+def close_inherited_connections(worker_id: int) -> None:
+    """Close, in a forked DataLoader worker, its copies of the rank's TCP connections (gloo's among them).
+
+    A worker forked after the process group exists holds every connection of its rank. When the rank is
+    killed the worker lives on until its watchdog notices (5 s), and until then the peers' collectives
+    wait instead of failing at once. Closing the child's copy leaves the rank's own socket open.
+    """
+    if not os.path.isdir("/proc/self/fd"):
+        return
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.close()
+        else:
+            sock.detach()
