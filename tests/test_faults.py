@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import shutil
@@ -81,19 +82,21 @@ def test_too_many_faults_stop_with_the_shards_named(assets, faulty_shards, tmp_p
     assert errors and "data.max_skip_fraction" in errors[0] and "train-000000.tar" in errors[0], proc.stderr[-3000:]
 
 
-def test_nan_loss_is_skipped_on_every_rank(assets, tmp_path):
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_nonfinite_loss_is_skipped_on_every_rank(assets, tmp_path, value):
     out = tmp_path / "run"
-    proc = torchrun([str(REPO / "tests" / "dist" / "nan_injection.py"), "1", "5", "6", CONFIG, *stage1_overrides(
+    proc = torchrun([str(REPO / "tests" / "dist" / "nan_injection.py"), "1", "5", "6", value, CONFIG, *stage1_overrides(
         assets, out, **{"data.eval_shards": "", "train.epochs": 1, "train.log_every": 1})])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = [r for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
     assert records[-1]["train/nonfinite_skipped"] == 2
-    assert all(r["train/loss"] == r["train/loss"] for r in records), "no NaN reached the logged losses"
+    assert all(math.isfinite(r["train/loss"]) for r in records), f"no {value} reached the logged losses"
 
 
-def test_persistent_nan_stops_with_last_good_checkpoint(assets, tmp_path):
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_persistent_nonfinite_loss_stops_with_last_good_checkpoint(assets, tmp_path, value):
     out = tmp_path / "run"
-    proc = torchrun([str(REPO / "tests" / "dist" / "nan_injection.py"), "0", "9", "-1", CONFIG, *stage1_overrides(
+    proc = torchrun([str(REPO / "tests" / "dist" / "nan_injection.py"), "0", "9", "-1", value, CONFIG, *stage1_overrides(
         assets, out, **{"data.eval_shards": "", "train.epochs": 1, "train.max_nonfinite_steps": 3})])
     assert proc.returncode != 0
     assert "loss non-finite for 3 micro-batches in a row" in proc.stderr
