@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from fe_train.errors import UserError
 from fe_train.fixtures import instruction_layouts, ser_layouts
 from fe_train.fixtures.layouts import Recorder
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (tests/sysdeps.sh)")
+pytestmark = pytest.mark.usefixtures("espeak_ng")
 
 GENERATORS = {
     "ravdess": ser_layouts.ravdess, "cremad": ser_layouts.cremad, "esd": ser_layouts.esd,

@@ -10,13 +10,13 @@ import json
 import sys
 
 import pytest
+import slurm_harness
 from test_generate_distributed import CONFIG, SAMPLED, part_lines, write_manifest
 
-from conftest import REPO, dist_env
+from conftest import REPO, dist_env, skip_or_fail
 from fe_train.generate.parts import PartStore
 
 pytestmark = pytest.mark.slurm
-slurm_harness = pytest.importorskip("slurm_harness", reason="needs the Slurm test harness (tests/slurm_harness.py)")
 
 CPU = ["--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0"]
 JOB_TIMEOUT_S = 900
@@ -26,7 +26,7 @@ JOB_TIMEOUT_S = 900
 def cluster():
     reason = slurm_harness.unavailable()
     if reason:
-        pytest.skip(reason)
+        skip_or_fail(reason)
     slurm_harness.clean_leftovers()
     clusters = slurm_harness.Clusters()
     yield clusters.get("local")

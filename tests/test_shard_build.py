@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, dist_env
+from conftest import REPO, dist_env, skip_or_fail
 from fe_train.cli import shards_main
 from fe_train.data import corpora
 from fe_train.data.build import BuildOptions, build
@@ -22,7 +22,7 @@ from fe_train.errors import UserError
 from fe_train.fixtures import ser_layouts
 from fe_train.fixtures.layouts import Recorder
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (tests/sysdeps.sh)")
+pytestmark = pytest.mark.usefixtures("espeak_ng")
 
 OPTIONS = {"max_count": 2, "seed": 7}
 CLI_OPTIONS = ["--max-count", "2", "--seed", "7", "--holdout", "speaker=Actor_08"]
@@ -107,7 +107,7 @@ def test_array_tasks_of_the_sbatch_script_write_disjoint_slices_then_merge(corpu
 
 def test_sbatch_script_passes_shellcheck():
     if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck not installed (tests/sysdeps.sh)")
+        skip_or_fail("shellcheck not installed (tests/sysdeps.sh installs it)")
     proc = subprocess.run(["shellcheck", str(REPO / "slurm" / "build_shards.sbatch")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, skip_or_fail
 
 SCRIPTS = sorted([*REPO.glob("slurm/*.sbatch"), *REPO.glob("slurm/*.sh"), *REPO.glob("tests/*.sh")])
 
@@ -20,7 +20,7 @@ def test_the_slurm_recipes_exist():
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
 def test_shellcheck(script):
     if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck not installed (tests/sysdeps.sh installs it)")
+        skip_or_fail("shellcheck not installed (tests/sysdeps.sh installs it)")
     done = subprocess.run(["shellcheck", "--shell=bash", "--external-sources", str(script.relative_to(REPO))],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from slurm_harness import Clusters, SlurmCluster, clean_leftovers, unavailable
 
-from conftest import REPO, dist_env, stage1_overrides
+from conftest import REPO, dist_env, skip_or_fail, stage1_overrides
 from fe_train.config import Config
 from fe_train.data.pipeline import resolve_shards
 from fe_train.data.plan import EpochPlan, Geometry
@@ -42,7 +42,7 @@ RECORD = re.compile(r"rank (\d+)/(\d+) \(local \d+/\d+\) on (\S+) \((\S*)\) via 
 def clusters():
     reason = unavailable()
     if reason:
-        pytest.skip(reason)
+        skip_or_fail(reason)
     clean_leftovers()
     clusters = Clusters()
     yield clusters
