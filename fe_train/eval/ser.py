@@ -2,10 +2,9 @@
 
 Each clip with a gold ``emotion`` is put to the model under ``eval.ser_user`` (by
 default "<speech> Is the speaker angry, surprised, happy, sad or neutral?"); the
-prediction is the first emotion word of the reply after SpokenQA normalisation,
-in any of its forms (``WORDS``: "anger" and "angry" both name angry). A reply
-that names none is counted in the confusion matrix's ``none`` column; a negation
-("not angry") is not understood and reads as the word it negates.
+prediction is the first emotion word of the reply (``fe_train.eval.emotion_word``,
+the reader ``fe-train eval-ser`` uses too). A reply that names none is counted in
+the confusion matrix's ``none`` column.
 
 The auxiliary head's prediction (stage 2a's ``ser_head`` over the extractor's
 vector) is a second reader of the same records (``READERS``), read only when that
@@ -26,23 +25,15 @@ from fe_train.data.schema import SampleError
 from fe_train.eval.assembly import speech_llm
 from fe_train.eval.confusion import plot_confusion
 from fe_train.eval.controls import extractor_fills_slot
+from fe_train.eval.emotion_word import label_word
 from fe_train.eval.gather import real_rows
 from fe_train.eval.report import markdown_table, percent
 from fe_train.eval.ser_metrics import predictions_from, ser_metrics
-from fe_train.eval.spokenqa import normalize
 from fe_train.eval.tasks import Replier, SpokenPrompt, bootstrap_of
 from fe_train.stages.align import read_meta
 
-WORDS = {"angry": "angry", "anger": "angry", "surprised": "surprised", "surprise": "surprised", "happy": "happy",
-         "happiness": "happy", "joy": "happy", "sad": "sad", "sadness": "sad", "neutral": "neutral"}
-"""Normalised reply word -> the class it names."""
 READERS = ("word", "head")
 """Record fields holding a prediction; ``head`` joins when the model has an SER head."""
-
-
-def label_word(reply: str) -> str | None:
-    """The class named by the first emotion word of ``reply`` (None: no emotion word)."""
-    return next((WORDS[w] for w in normalize(reply) if w in WORDS), None)
 
 
 def ser_table(result: dict) -> str:

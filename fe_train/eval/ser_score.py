@@ -1,5 +1,6 @@
 """SER accuracy of a FreezeEmpath model, read two ways: the label word the frozen LLM generates
-(greedy, from the prompt alone) and the SER head's choice on the emotion vector.
+(greedy, from the prompt alone; read by ``fe_train.eval.emotion_word``, as ``fe-train eval ser`` reads it)
+and the SER head's choice on the emotion vector.
 
 Collective under ZeRO-3: every rank runs the same number of batches (the epoch plan
 pads short ranks) and generation keeps the ranks in step (``synced_gpus``); the counts
@@ -8,7 +9,6 @@ are summed over ranks. Padding rows (weight 0) are not counted.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -16,17 +16,7 @@ import torch
 
 from fe_train.config import EMOTIONS
 from fe_train.data.prompt import IGNORE
-
-_WORD = re.compile(r"[a-z]+")
-
-
-def predicted_label(text: str) -> str | None:
-    """The first label word in a generated reply ("Sad." -> "sad"), None when it names none."""
-    for word in _WORD.findall(text.lower()):
-        if word in EMOTIONS:
-            return word
-    return None
-
+from fe_train.eval.emotion_word import label_word
 
 @dataclass
 class SERScore:
@@ -77,7 +67,7 @@ def evaluate_ser(model, batches: Iterable[dict], tokenizer, device: torch.device
         inputs, mask = left_align(embeds, prompt_lengths(batch["labels"], batch["attention_mask"]))
         new = model.llm.generate(inputs_embeds=inputs, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  synced_gpus=distributed, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        words = [predicted_label(text) for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        words = [label_word(text) for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
         scored = emotion is not None and model.ser_head is not None
         heads = model.ser_head(emotion).argmax(dim=-1).tolist() if scored else [None] * len(words)
         for label, weight, word, head in zip(batch["emotion_label"].tolist(), batch["weight"].tolist(), words, heads):
