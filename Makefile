@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 sysdeps:
 	bash tests/sysdeps.sh
 
-demo: venv
+demo: venv sysdeps
 	$(BIN)/fe-train demo --out demo_out
 
 test: venv sysdeps

@@ -51,7 +51,7 @@ def run_demo(out: Path, nproc: int = 2, epochs: int | None = None) -> int:
     overrides = [
         f"model.encoder_path={assets.whisper}", f"model.llm_path={assets.llm}",
         f"data.train_shards={assets.train_shards}", f"data.eval_shards={assets.heldout_shards}",
-        f"run.output_dir={run_dir}",
+        f"run.output_dir={run_dir}", "eval.tasks=[spokenqa]", "eval.max_new_tokens=12",
     ] + ([f"train.epochs={epochs}"] if epochs else [])
     resume = ["--resume"] if (run_dir / "checkpoints" / "latest").is_file() else []
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -83,8 +83,11 @@ def summary(run_dir: Path, wall_s: float) -> str:
         lines.append(f"train loss: first {train[0]['train/loss']:.4f} (step {train[0]['step']}) -> "
                      f"last {train[-1]['train/loss']:.4f} (step {train[-1]['step']})")
     if evals:
-        lines.append(f"held-out voices, reply-token accuracy: before {evals[0]['eval/token_acc']:.3f} -> "
-                     f"after {evals[-1]['eval/token_acc']:.3f} (loss {evals[0]['eval/loss']:.4f} -> {evals[-1]['eval/loss']:.4f})")
+        first, last = evals[0], evals[-1]
+        lines.append(f"held-out voices, spoken questions answered: before {first['eval/spokenqa/accuracy']:.3f} -> "
+                     f"after {last['eval/spokenqa/accuracy']:.3f} (step {first['step']} -> {last['step']})")
+        lines.append(f"held-out voices, reply-token accuracy: before {first['eval/token_acc']:.3f} -> "
+                     f"after {last['eval/token_acc']:.3f} (loss {first['eval/loss']:.4f} -> {last['eval/loss']:.4f})")
     lines += [f"checkpoint: {run_dir / 'checkpoints'}", f"adapter export: {run_dir / 'export' / 'adapter.safetensors'}",
               f"metrics: {run_dir / 'metrics.jsonl'}", f"loss curve: {run_dir / 'loss.png'}"]
     return "\n".join(lines)

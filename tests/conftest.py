@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,58 @@ def skip_or_fail(reason: str) -> None:
     if os.environ.get("CI", "").strip().lower() in ("true", "1"):
         pytest.fail(f"required in CI: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from the parent pids in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+        except (OSError, IndexError):
+            continue  # ended while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a zombie holds no memory, files or sockets)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_tree(pid: int, timeout_s: float = 30) -> list[int]:
+    """SIGKILL ``pid`` and every descendant, as a node failure would, and wait until none of them runs.
+
+    A process group is not enough: torchrun starts each rank in a session of its own. The tree is
+    stopped (SIGSTOP) until it stops growing, so nothing forks between the walk and the kill; then the
+    descendants and the process itself are killed. Returns the pids killed, ``pid`` first.
+    """
+    stopped: list[int] = []
+    while new := [p for p in (pid, *descendants(pid)) if p not in stopped]:
+        for p in new:
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        stopped += new
+    for p in [*stopped[1:], pid]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    while (alive := [p for p in stopped if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive, f"processes {alive} of the killed tree of {pid} still run"
+    return stopped
 
 
 def free_port() -> int:
@@ -50,18 +104,34 @@ ASSET_SOURCES = ("fe_train/fixtures", "fe_train/data/synthetic.py", "fe_train/da
                  "fe_train/data/features.py", "fe_train/data/audio.py", "fe_train/generate/replies.py")
 
 
-def cached_build(name: str, build, sources=ASSET_SOURCES):
-    """Build once into .cache/<name>/<digest of the sources that make it>, reused by later sessions.
+WORLD_SEED = int(os.environ.get("FE_WORLD_SEED", "0"))
+"""Seed of every fixture world (``make test`` uses 0; the slow tier builds and tests the worlds of others too)."""
 
-    The builders are deterministic, so a cached copy equals a fresh one; a change to any
-    source file gives a new digest. Built under a temporary name and renamed, so
-    concurrent sessions never see half a build.
+
+def world_key() -> str:
+    """What else a built world depends on: its seed, torch's thread count and the versions of the numeric stack."""
+    from importlib.metadata import version
+
+    import torch
+
+    espeak = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout if shutil.which("espeak-ng") else ""
+    return (f"seed={WORLD_SEED} threads={torch.get_num_threads()} torch={torch.__version__} "
+            f"transformers={version('transformers')} deepspeed={version('deepspeed')} espeak={espeak.strip()}")
+
+
+def cached_build(name: str, build, sources=ASSET_SOURCES):
+    """Build once into .cache/<name>/<digest>, reused by later sessions.
+
+    The digest covers the sources that make the world and ``world_key()`` (seed, threads, versions):
+    every world checks its own behaviour while it is built (``fe_train.fixtures.training``), so a
+    cached world is one that passed its checks under the same conditions. Built under a temporary
+    name and renamed, so concurrent sessions never see half a build.
     """
     digest = hashlib.sha256()
     for source in sources:
         for path in sorted((REPO / source).rglob("*.py")) if (REPO / source).is_dir() else [REPO / source]:
             digest.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
-    digest.update(subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.encode())
+    digest.update(world_key().encode())
     target = REPO / ".cache" / name / digest.hexdigest()[:16]
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -81,25 +151,32 @@ def espeak_ng():
         skip_or_fail("espeak-ng not installed (tests/sysdeps.sh installs it)")
 
 
-@pytest.fixture(scope="session")
-def assets():
-    """Tiny frozen LLM + Whisper and spoken-instruction shards (about 40 s to build; cached in .cache/assets)."""
+def build_world(name: str) -> Path:
+    """Fixture world ``name`` (``assets`` or ``ser_assets``) of seed ``WORLD_SEED``, built once and cached."""
     if shutil.which("espeak-ng") is None:
         skip_or_fail("espeak-ng not installed (tests/sysdeps.sh installs it)")
-    from fe_train.fixtures.assets import Assets, build_assets
+    from fe_train.fixtures.assets import build_assets
+    from fe_train.fixtures.ser_assets import build_ser_assets
 
-    return Assets(cached_build("assets", build_assets))
+    build = {"assets": build_assets, "ser_assets": build_ser_assets}[name]
+    return cached_build(name, lambda out: build(out, seed=WORLD_SEED))
+
+
+@pytest.fixture(scope="session")
+def assets():
+    """Tiny frozen LLM + Whisper and spoken-instruction shards (minutes to build; cached in .cache/assets)."""
+    from fe_train.fixtures.assets import Assets
+
+    return Assets(build_world("assets"))
 
 
 @pytest.fixture(scope="session")
 def ser_assets():
     """The SER world: tiny frozen LLM + Whisper, a stage-1 adapter, SER clips per voice fold, instructions
     (minutes to build; cached in .cache/ser_assets)."""
-    if shutil.which("espeak-ng") is None:
-        skip_or_fail("espeak-ng not installed (tests/sysdeps.sh installs it)")
-    from fe_train.fixtures.ser_assets import SerAssets, build_ser_assets
+    from fe_train.fixtures.ser_assets import SerAssets
 
-    return SerAssets(cached_build("ser_assets", build_ser_assets))
+    return SerAssets(build_world("ser_assets"))
 
 
 def stage1_overrides(assets, out_dir: Path, **extra) -> list[str]:
