@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, dist_env, free_port, stage1_overrides
+from conftest import REPO, dist_env, free_port, kill_tree, running, stage1_overrides
 from fe_train.checkpoint.store import CheckpointStore
 from fe_train.data.pipeline import iter_shard, resolve_shards
 from fe_train.tracking.tracker import read_metrics
@@ -23,8 +21,10 @@ CONFIG = str(REPO / "configs" / "stage1_tiny.yaml")
 
 
 def launch(assets, out: Path, nproc: int, resume: bool = False) -> subprocess.Popen:
+    # One global batch on every world size (the accumulation adapts), as a resume onto other GPUs keeps the config:
+    # steps then count the same samples before and after it.
     overrides = stage1_overrides(assets, out, **{
-        "train.epochs": 1, "train.micro_batch_size": 4, "train.global_batch_size": 16 if nproc == 2 else 8,
+        "train.epochs": 1, "train.micro_batch_size": 4, "train.global_batch_size": 16,
         "train.log_every": 1, "train.eval_every": 0, "train.save_every": 3, "train.keep_last": 3,
         "data.eval_shards": "", "run.log_keys": "true",
     })
@@ -34,16 +34,40 @@ def launch(assets, out: Path, nproc: int, resume: bool = False) -> subprocess.Po
                             start_new_session=True)
 
 
-def kill_after_step(proc: subprocess.Popen, out: Path, step: int, extra_s: float) -> None:
+def logged_steps(out: Path) -> list[int]:
+    return [r["step"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
+
+
+def still_running(out: Path) -> list[int]:
+    """Processes (not zombies) whose command line names the run's folder: the launcher and its ranks."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            named = str(out).encode() in cmdline.read_bytes()
+        except OSError:
+            continue
+        if named and running(int(cmdline.parent.name)):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def kill_after_step(proc: subprocess.Popen, out: Path, nproc: int, step: int, extra_s: float) -> int:
+    """SIGKILL the launcher and every rank, as a node failure would, once ``step`` is logged and ``extra_s`` more
+    have passed. Returns the last step logged before the kill."""
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        logged = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
+        logged = logged_steps(out)
         if logged and logged[-1] >= step:
             break
         time.sleep(0.05)
     time.sleep(extra_s)  # lands anywhere: mid-accumulation, mid-step, mid-checkpoint
-    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.poll() is None, "the run ended before the kill: " + proc.communicate()[0][-3000:]
+    killed = kill_tree(proc.pid)
     proc.communicate(timeout=60)
+    assert len(killed) > nproc, f"the launcher and its {nproc} rank(s) were killed, not just {killed}"
+    assert not still_running(out), "no process of the killed run is left"
+    logged = logged_steps(out)
+    return logged[-1] if logged else 0
 
 
 def keys_log(out: Path) -> list[dict]:
@@ -63,8 +87,10 @@ def all_keys(assets) -> Counter:
 
 
 def run_killed_then_resumed(assets, out: Path, first_nproc: int, second_nproc: int, kill_step: int, extra_s: float):
+    """Run, kill every process at a step, resume: the checkpoint resumed from, and every key read (committed
+    before the kill, then after the resume). Fails when the kill came after the run's last checkpoint."""
     proc = launch(assets, out, first_nproc)
-    kill_after_step(proc, out, kill_step, extra_s)
+    killed_after = kill_after_step(proc, out, first_nproc, kill_step, extra_s)
     store = CheckpointStore(out, 0, 3)
     tag = store.latest_tag()
     assert tag is not None, "a complete checkpoint exists"
@@ -72,8 +98,17 @@ def run_killed_then_resumed(assets, out: Path, first_nproc: int, second_nproc: i
     before = committed_keys(keys_log(out), state.epoch, state.micro_in_epoch)
     (out / "keys").rename(out / "keys-first")
     resumed = launch(assets, out, second_nproc, resume=True)
-    log = resumed.communicate(timeout=600)[0]
+    try:
+        log = resumed.communicate(timeout=600)[0]
+    finally:
+        if resumed.poll() is None:
+            kill_tree(resumed.pid)
     assert resumed.returncode == 0, log[-4000:]
+    final_step = store.read_state(store.latest_tag()).step
+    print(f"killed {first_nproc} rank(s) after step {killed_after} (waited for step {kill_step} + {extra_s:.2f} s); "
+          f"resumed on {second_nproc} from {tag} (step {state.step}, epoch {state.epoch}, micro-batch "
+          f"{state.micro_in_epoch}); the run ends at step {final_step}")
+    assert state.step < final_step, f"resumed from {tag}, the run's last checkpoint: the kill came too late"
     after = Counter(k for r in keys_log(out) for k in r["keys"])
     return state, before + after
 
