@@ -130,7 +130,7 @@ def _demo(args) -> int:
     from fe_train.demo import run_demo
 
     setup_logging(0)
-    return run_demo(Path(args.out), nproc=args.nproc, epochs=args.epochs)
+    return run_demo(Path(args.out), nproc=args.nproc, epochs=args.epochs, assets_dir=args.assets and Path(args.assets))
 
 
 def _generate(args) -> int:
@@ -274,6 +274,7 @@ def train_main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="demo_out", help="folder for models, shards and the run")
     demo.add_argument("--nproc", type=int, default=2, help="training processes")
     demo.add_argument("--epochs", type=int, default=None, help="override the tiny preset's epochs")
+    demo.add_argument("--assets", default=None, help="a world built before (e.g. an earlier demo's <out>/assets): not built again")
     demo.set_defaults(run=_demo)
     return _dispatch(parser, argv)
 

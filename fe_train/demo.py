@@ -3,8 +3,9 @@
 Builds tiny frozen models and a spoken-instruction corpus (espeak-ng voices),
 writes shards with the project's writer, trains stage 1 with real DeepSpeed
 ZeRO-3 in ``nproc`` processes (torchrun; gloo on CPU), and prints the first and
-last loss, the held-out reply-token accuracy before and after, and where the
-checkpoint, metrics and plot are.
+last loss, the held-out voices' spoken-QA accuracy, reply-token accuracy and eval
+loss before and after, and where the checkpoint, metrics and plot are. Exits 1
+when stage 1 did not learn on the held-out voices (``MARGIN``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from fe_train.errors import UserError
 from fe_train.tracking.tracker import read_metrics
 
 log = logging.getLogger(__name__)
@@ -37,15 +39,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_demo(out: Path, nproc: int = 2, epochs: int | None = None) -> int:
+MARGIN = 0.2
+"""What the held-out spoken-QA accuracy must gain, with the held-out eval loss ending below its start."""
+
+
+def run_demo(out: Path, nproc: int = 2, epochs: int | None = None, assets_dir: Path | None = None) -> int:
     from fe_train.data.synthetic import have_espeak
-    from fe_train.fixtures.assets import build_assets
+    from fe_train.fixtures.assets import Assets, build_assets
 
     started = time.perf_counter()
     out = out.resolve()
     if not have_espeak():
-        log.warning("espeak-ng not found: the demo speaks in coded tones instead (install espeak-ng for speech)")
-    assets = build_assets(out / "assets")
+        raise UserError("espeak-ng not found: the demo speaks its questions with it (run `make demo` as root, "
+                        "or apt-get install espeak-ng)")
+    assets = Assets(assets_dir.resolve()) if assets_dir else build_assets(out / "assets")
     log.info("assets ready in %.0f s: %s", time.perf_counter() - started, assets.root)
     run_dir = out / "run"
     overrides = [
@@ -65,7 +72,21 @@ def run_demo(out: Path, nproc: int = 2, epochs: int | None = None) -> int:
         print(f"demo: training failed with exit status {result.returncode}", file=sys.stderr)
         return result.returncode
     print(summary(run_dir, time.perf_counter() - started))
-    return 0
+    return verdict(run_dir)
+
+
+def verdict(run_dir: Path) -> int:
+    """0 when stage 1 learned on the held-out voices: spoken-QA accuracy up by ``MARGIN``, eval loss below its start."""
+    evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss" in r]
+    first, last = evals[0], evals[-1]
+    gain = last["eval/spokenqa/accuracy"] - first["eval/spokenqa/accuracy"]
+    if gain >= MARGIN and last["eval/loss"] < first["eval/loss"]:
+        print(f"stage 1 generalises to the held-out voices: spoken-QA accuracy +{gain:.3f} (at least {MARGIN}), "
+              f"eval loss {first['eval/loss']:.4f} -> {last['eval/loss']:.4f}")
+        return 0
+    print(f"demo: stage 1 did not learn on the held-out voices: spoken-QA accuracy {gain:+.3f} (expected at least "
+          f"+{MARGIN}), eval loss {first['eval/loss']:.4f} -> {last['eval/loss']:.4f}", file=sys.stderr)
+    return 1
 
 
 def _has_cuda() -> bool:
