@@ -41,7 +41,7 @@ def test_world_passes_its_checks(world, seed, threads):
     assert all(f["passed"] > 0 for f in checks.values())
 
 
-DEFAULT_TIER_ON_WORLDS = ("tests/test_stage1_distributed.py", "tests/test_stage2_distributed.py")
+DEFAULT_TIER_ON_WORLDS = ("tests/test_stage1_distributed.py", "tests/test_stage2_distributed.py", "tests/test_demo.py")
 
 
 @pytest.mark.slow

@@ -194,7 +194,8 @@ def test_sbatch_trains_across_two_nodes(clusters, reference, assets, tmp_path):
 
 
 def test_killed_rank_ends_the_job(clusters, assets, tmp_path):
-    timeout_s = 60
+    """srun --kill-on-bad-exit ends the job when a rank dies, long before the collectives' timeout could."""
+    timeout_s = 300
     job = submit(clusters.get("two_nodes"), assets, tmp_path, TWO_NODES, **{"engine.timeout_s": timeout_s})
     job.wait_step(3)
     os.kill(rank_pid(job.id, rank=1), signal.SIGKILL)
@@ -203,7 +204,7 @@ def test_killed_rank_ends_the_job(clusters, assets, tmp_path):
     elapsed = time.monotonic() - killed
     print(f"job {job.id} ended {elapsed:.1f} s after rank 1 was killed")
     assert info["JobState"] == "FAILED", job.describe()
-    assert elapsed < timeout_s, job.describe()
+    assert elapsed < 30, job.describe()
     log = job.batch_log.read_text()
     assert "srun: error: node2: task 1: Killed" in log, log
     assert "train.sbatch: srun exited with status" in log

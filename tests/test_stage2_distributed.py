@@ -45,19 +45,17 @@ def train_ser(ser_assets, tmp_path_factory, fold: int, **extra):
     return out, report
 
 
-FAST = {"train.epochs": 12}
-"""The default tier's faster variant of the preset (20 epochs)."""
-
-
 @pytest.fixture(scope="module")
 def fold0(ser_assets, tmp_path_factory):
-    return train_ser(ser_assets, tmp_path_factory, 0, **FAST)
+    """The preset as it is (20 epochs): a 12-epoch shortcut left fold 0 at the bar (head 0.800, word 0.833) on the
+    world whose LLM trains until it passes its checks (issue 13)."""
+    return train_ser(ser_assets, tmp_path_factory, 0)
 
 
 def test_ser_on_heldout_voices_word_and_head(fold0):
     _, report = fold0
     score = report["extractor"]
-    print(f"fold 0 ({', '.join(FOLDS[0])}), {FAST}: word {score['word_accuracy']:.3f} head {score['head_accuracy']:.3f} "
+    print(f"fold 0 ({', '.join(FOLDS[0])}), the preset: word {score['word_accuracy']:.3f} head {score['head_accuracy']:.3f} "
           f"on {score['clips']} clips, {report['wall_s']:.0f} s")
     assert score["clips"] == 3 * 5 * 6
     assert score["word_accuracy"] >= 0.80 and score["head_accuracy"] >= 0.80, score
