@@ -53,6 +53,14 @@ def setup_logging(rank: int = 0) -> None:
         pass
 
 
+def setup_rank(rank: int) -> None:
+    """A distributed command's process: logging, and every thread's stack printed if it is terminated."""
+    from fe_train.launch import preemption
+
+    setup_logging(rank)
+    preemption.print_stacks_on_sigterm()
+
+
 def _train(args) -> int:
     from fe_train.launch import preemption
 
@@ -63,7 +71,7 @@ def _train(args) -> int:
     from fe_train.stages import runner
 
     launch = from_environ()
-    setup_logging(launch.rank)
+    setup_rank(launch.rank)
     logging.getLogger("fe_train.launch").info("%s", launch.describe())
     cfg = Config.load(args.config, args.overrides)
     outcome = runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=args.resume)
@@ -113,7 +121,7 @@ def _eval_ser(args) -> int:
     from fe_train.stages.evaluate import evaluate
 
     launch = from_environ()
-    setup_logging(launch.rank)
+    setup_rank(launch.rank)
     cfg = Config.load(args.config, args.overrides)
     score = evaluate(stages.recipe(cfg.train.stage), cfg, launch)
     if launch.is_main:
@@ -139,7 +147,7 @@ def _generate(args) -> int:
     from fe_train.launch.env import from_environ
 
     launch = from_environ()
-    setup_logging(launch.rank)
+    setup_rank(launch.rank)
     cfg = Config.load(args.config, args.overrides)
     summary = run(cfg, args.task, args.input, args.out, launch)
     if summary is None:

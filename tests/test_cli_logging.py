@@ -1,4 +1,5 @@
-"""Logging set up by a command run in-process keeps working after the stream it was set up under is closed."""
+"""Logging set up by a command run in-process keeps working after the stream it was set up under is closed;
+a rank terminated by its launcher prints its stack."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import io
 import logging
 import sys
 
+from conftest import REPO, torchrun
 from fe_train.cli import setup_logging
 
 
@@ -24,3 +26,11 @@ def test_records_go_to_the_stderr_of_the_moment(monkeypatch):
     assert "Logging error" not in written and "closed file" not in written, written
     assert "[rank 0] INFO fe_train.test: after the close" in written
     assert "ERROR transformers.test: transformers after the close" in written
+
+
+def test_a_terminated_rank_prints_where_it_was_stuck():
+    """torchrun ends the other ranks with SIGTERM when one fails: the stuck rank's stack comes out first."""
+    proc = torchrun([str(REPO / "tests" / "dist" / "stuck_rank.py")], timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "wait_for_the_peer" in out and "stuck_rank.py" in out, out[-3000:]

@@ -7,6 +7,7 @@ installs this handler first thing; the trainer reads ``requested()`` at every st
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 
 _requested = False
@@ -25,3 +26,12 @@ def install(names: list[str]) -> None:
 
 def requested() -> bool:
     return _requested
+
+
+def print_stacks_on_sigterm() -> None:
+    """On SIGTERM, print every thread's Python stack to stderr first, then end as before.
+
+    torchrun sends SIGTERM to the other ranks when one fails (e.g. a collective timed out), and Slurm does on
+    ``scancel`` or at the time limit: the stack of a rank that was stuck says where it waited.
+    """
+    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
