@@ -55,3 +55,15 @@ def test_config_command_prints_the_resolved_key():
     assert (proc.returncode, proc.stdout) == (0, "/x/run\n"), proc.stderr
     proc = fe_train("config", "--config", config, "--get", "run.outdir")
     assert proc.returncode == 2 and last_line(proc).startswith("error: --get 'run.outdir': expected section.key")
+
+
+def test_resume_with_another_global_batch_size_is_refused(assets, tmp_path):
+    """A step counts global batches: resuming with another size would mix units in the step count and the schedule."""
+    config = str(REPO / "configs" / "stage1_tiny.yaml")
+    overrides = [*stage1_overrides(assets, tmp_path / "run"), "data.eval_shards=", "train.max_steps=1"]
+    first = fe_train("train", "--config", config, *overrides)
+    assert first.returncode == 0, first.stderr[-2000:]
+    proc = fe_train("train", "--config", config, *overrides, "train.global_batch_size=32", "--resume")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert last_line(proc) == ("error: config train.global_batch_size = 32: checkpoint step00000001 counts its 1 steps "
+                               "in batches of 16; resume with 16, or start a new run from its exports"), proc.stderr[-2000:]

@@ -43,6 +43,8 @@ class TrainerState:
     """[shard, start, stop] spans of ``epoch`` consumed before the current plan (after a geometry change)."""
     geometry: dict[str, int] = field(default_factory=dict)
     shards_digest: str = ""
+    global_batch_size: int = 0
+    """Samples per optimizer step when the state was saved: ``step`` counts in these units (0: not recorded)."""
     samples: int = 0
     """Real (non-padding) samples trained on, over all ranks."""
     wandb_id: str = ""

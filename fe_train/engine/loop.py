@@ -110,6 +110,7 @@ class Trainer:
         self.cfg, self.launch, self.device = cfg, launch, device
         self.tracker, self.store, self.state = tracker, store, state
         self.state.shards_digest = shards_digest
+        self.state.global_batch_size = cfg.train.global_batch_size
         self.flops, self.peak = flops, peak
         self.skipped: Counter[str] = Counter()
         self.skipped_shards: Counter[str] = Counter()

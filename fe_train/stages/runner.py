@@ -140,6 +140,12 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: 
         state.preempted = False
         if state.shards_digest != digest:
             raise UserError(f"data.train_shards changed since checkpoint {tag}: resume needs the same shards")
+        if state.global_batch_size and state.global_batch_size != cfg.train.global_batch_size:
+            raise UserError(
+                f"config train.global_batch_size = {cfg.train.global_batch_size}: checkpoint {tag} counts its "
+                f"{state.step} steps in batches of {state.global_batch_size}; resume with {state.global_batch_size}, "
+                f"or start a new run from its exports"
+            )
         log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", tag, state.step, state.epoch, state.micro_in_epoch)
     out = Path(cfg.run.output_dir)
     if launch.is_main:
