@@ -96,6 +96,7 @@ def load_causal_lm(path: str, ds: dict, dtype: torch.dtype, rank: int) -> nn.Mod
     with deepspeed.zero.Init(config_dict_or_path=ds), no_init_weights():
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
     model.tie_weights()  # tied embeddings become one parameter, stored (and read) once
+    restore_rotary_buffers(model)
     readers = {file: SafetensorsFile(file) for file in set(files.values())}
     for name, param in model.named_parameters():
         if name not in files:
@@ -121,3 +122,17 @@ def load_causal_lm(path: str, ds: dict, dtype: torch.dtype, rank: int) -> nn.Mod
     log.info("loaded frozen LLM from %s straight into ZeRO-3 partitions (rank %d reads 1/%d of it)",
              path, rank, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
     return model
+
+
+def restore_rotary_buffers(model: nn.Module) -> None:
+    """The rotary inverse frequencies in fp32, computed by transformers as a plain ``from_pretrained`` computes them.
+
+    NOTE(deepspeed): under ``zero.Init`` tensor factories such as ``torch.arange`` return the config's dtype, and
+    ``no_init_weights`` skips transformers' recomputation of these buffers: with a bf16 config the inverse frequencies
+    come out rounded to bf16 (for Qwen2.5-7B the rotary angle at position 800 is off by 0.9 rad).
+    """
+    for module in model.modules():
+        if "RotaryEmbedding" in type(module).__name__ and hasattr(module, "original_inv_freq"):
+            for name in ("inv_freq", "original_inv_freq"):
+                module.register_buffer(name, torch.zeros_like(getattr(module, name), dtype=torch.float32), persistent=False)
+            model._init_weights(module)  # transformers' own rule per rope type (default, dynamic, yarn, ...)
