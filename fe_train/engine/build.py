@@ -100,8 +100,22 @@ def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
     return factor
 
 
+def cast_unpartitioned(model: nn.Module, dtype: torch.dtype) -> None:
+    """Every parameter not built under ``zero.Init`` (the trained modules, and frozen ones loaded whole) in ``dtype``.
+
+    NOTE(deepspeed): the engine casts its module to the config's precision only when no part of it was built
+    under ``zero.Init``; with the frozen LLM built partitioned, the adapter, extractor, heads and fusion would
+    stay fp32 beside a bf16 LLM and decoder (ZeRO-3 then refuses the mixed dtypes of stage 3).
+    ZeRO-3 keeps the fp32 master copy of each trained parameter in the optimizer.
+    """
+    for param in model.parameters():
+        if not hasattr(param, "ds_id") and param.dtype != dtype and param.is_floating_point():
+            param.data = param.data.to(dtype)
+
+
 def build_engine(model: nn.Module, ds: dict[str, Any], cfg: Config, total_steps: int):
     """A DeepSpeed engine whose optimizer holds state for the trainable parameters only."""
+    cast_unpartitioned(model, compute_dtype(cfg))
     params = trainable_params(model)
     train = cfg.train
     if ds_config.optimizer_impl(cfg, ds) == "deepspeed_cpu":

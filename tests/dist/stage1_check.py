@@ -10,6 +10,7 @@ import torch
 from fe_train import stages
 from fe_train.cli import setup_logging
 from fe_train.config import Config
+from fe_train.engine.build import compute_dtype
 from fe_train.launch.env import from_environ
 from fe_train.model.freezing import numel
 from fe_train.model.frozen_llm import load_llm
@@ -20,19 +21,21 @@ result_path, config_path, *overrides = sys.argv[1:]
 launch = from_environ()
 setup_logging(launch.rank)
 cfg = Config.load(config_path, overrides)
-# Reference copies of the frozen weights, loaded plainly before any DeepSpeed context exists.
-reference = {f"encoder.{k}": v.clone() for k, v in WhisperSpeechEncoder.from_pretrained(cfg.model.encoder_path, torch.float32).state_dict().items()}
-reference.update({f"llm.{k}": v.clone() for k, v in load_llm(cfg.model.llm_path, torch.float32).state_dict().items()})
+# Reference copies of the frozen weights in the run's precision, loaded plainly before any DeepSpeed context exists.
+dtype = compute_dtype(cfg)
+reference = {f"encoder.{k}": v.clone() for k, v in WhisperSpeechEncoder.from_pretrained(cfg.model.encoder_path, dtype).state_dict().items()}
+reference.update({f"llm.{k}": v.clone() for k, v in load_llm(cfg.model.llm_path, dtype).state_dict().items()})
 report = {}
 
 
 def inspect(trainer):
     engine = trainer.engine
     model = engine.module
-    mismatched, checked, frozen_elems, trainable_elems = [], 0, 0, 0
+    mismatched, checked, frozen_elems, trainable_elems, dtypes = [], 0, 0, 0, set()
     for name, param in model.named_parameters():
         if param.requires_grad:
             trainable_elems += numel(param)
+            dtypes.add(str(param.dtype))
             continue
         frozen_elems += numel(param)
         with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
@@ -51,6 +54,7 @@ def inspect(trainer):
         trainable_elems=trainable_elems, optimizer_tracks_only_trainable=all(id(p) in trainable_ids for p in tracked),
         optimizer_tracked_elems=sum(numel(p) for p in tracked), optimizer_state_elems=int(sums[0]),
         fp32_partition_elems=int(sums[1]), trainable_tensors=len(tracked), world_size=launch.world_size,
+        trainable_dtypes=sorted(dtypes), master_dtypes=sorted({str(t.dtype) for t in opt.fp32_partitioned_groups_flat}),
     )
 
 
