@@ -100,6 +100,22 @@ def torchrun(args: list[str], nproc: int = 2, timeout: int = 600, **popen) -> su
     return subprocess.run(cmd, env=dist_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO, **popen)
 
 
+def bf16_against_fp32(config: str, overrides: list[str], tmp: Path) -> tuple[float, float, dict[int, float]]:
+    """A stage's first-step loss in fp32 and in bf16 (same weights, same batch), and the bf16 run's losses of
+    three steps: ``train.precision=bf16`` as the paper presets run it, on 2 CPU ranks."""
+    runs = {}
+    for precision, steps in (("fp32", 1), ("bf16", 3)):
+        out = tmp / precision
+        proc = torchrun(["-m", "fe_train", "train", "--config", config, *overrides, f"run.output_dir={out}",
+                         f"train.precision={precision}", f"train.max_steps={steps}", "train.log_every=1",
+                         "train.eval_every=0", "data.eval_shards="])
+        assert proc.returncode == 0, f"{precision}: " + proc.stdout[-3000:] + proc.stderr[-6000:]
+        from fe_train.tracking.tracker import read_metrics
+
+        runs[precision] = {r["step"]: r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r}
+    return runs["fp32"][1], runs["bf16"][1], runs["bf16"]
+
+
 ASSET_SOURCES = ("fe_train/fixtures", "fe_train/data/synthetic.py", "fe_train/data/writer.py", "fe_train/data/schema.py",
                  "fe_train/data/features.py", "fe_train/data/audio.py", "fe_train/generate/replies.py")
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, torchrun
+from conftest import REPO, bf16_against_fp32, torchrun
 from fe_train.fixtures.ser_world import FOLDS
 from fe_train.tracking.tracker import read_metrics
 
@@ -118,6 +118,18 @@ def test_stage2b_pseudo_pairs_train_the_extractor(ser_assets, fold0, tmp_path):
     assert len(losses) == 8 and sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses
     # SER examples mixed in keep SER from degrading.
     assert report["extractor"]["head_accuracy"] >= report2a["extractor"]["head_accuracy"] - 0.1
+
+
+@pytest.mark.parametrize("stage", ["2a", "2b"])
+def test_bf16_trains_like_fp32(ser_assets, tmp_path, stage):
+    """train.precision=bf16 (the paper's): the extractor and the SER head train in bf16 beside the bf16 LLM and
+    encoder, and the first step's loss (same weights, same batch) is within 2% of fp32's."""
+    extra = {} if stage == "2a" else {"emotion.pair_shards": ser_assets.instructions}
+    config = str(REPO / "configs" / f"stage{stage}_tiny.yaml")
+    fp32, bf16, losses = bf16_against_fp32(config, stage2_overrides(ser_assets, tmp_path / "unused", 0, **extra), tmp_path)
+    print(f"stage {stage}: first-step loss fp32 {fp32:.4f} bf16 {bf16:.4f}; bf16 steps {losses}")
+    assert sorted(losses) == [1, 2, 3] and all(math.isfinite(v) for v in losses.values()), losses
+    assert abs(bf16 - fp32) <= 0.02 * fp32, (fp32, bf16)
 
 
 @pytest.mark.slow
