@@ -1,4 +1,4 @@
-"""Metrics out of a run: console, ``metrics.jsonl``, wandb (rank 0 only), a tqdm bar."""
+"""Metrics out of a run: console, ``metrics.jsonl``, wandb (rank 0 only, in a process of its own), a tqdm bar."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fe_train.config import Config
+from fe_train.tracking.wandb_sink import WandbSink
 
 log = logging.getLogger("fe_train")
 
@@ -28,9 +29,7 @@ class Tracker:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
         if cfg.run.wandb_mode != "disabled":
-            import wandb
-
-            self.run = wandb.init(
+            self.run = WandbSink(dict(
                 project=cfg.run.wandb_project,
                 name=cfg.run.name or output_dir.name,
                 id=self.wandb_id,
@@ -38,13 +37,14 @@ class Tracker:
                 mode=cfg.run.wandb_mode,
                 dir=str(output_dir),
                 config=cfg.to_dict(),
-                settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
-            )
+                settings=dict(console="off", silent=True, x_disable_stats=True),
+            ))
 
     def start_bar(self, total: int, initial: int, enabled: bool) -> None:
         if self.is_main and enabled:
             from tqdm import tqdm
 
+            tqdm.monitor_interval = 0  # no monitor thread in a rank that forks DataLoader workers
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
@@ -54,7 +54,7 @@ class Tracker:
         with open(self.path, "a") as stream:
             stream.write(json.dumps(record) + "\n")
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log(metrics, step)
         if self.bar is not None and "train/loss" in metrics:
             self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", sps=f"{metrics.get('train/samples_per_s', 0):.1f}")
         elif self.bar is None:

@@ -1,0 +1,48 @@
+"""Rank 0's tracker: wandb lives in a process of its own, receives every record, and can neither stall nor stop training."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from fe_train.config import Config
+from fe_train.tracking.tracker import Tracker, read_metrics
+
+
+def tracker_for(tmp_path, mode: str) -> Tracker:
+    cfg = Config.load(None, [f"run.wandb_mode={mode}", "run.wandb_project=fe-train-test"])
+    return Tracker(cfg, tmp_path, is_main=True)
+
+
+def test_wandb_gets_every_record_from_its_own_process(tmp_path):
+    before = {t.ident for t in threading.enumerate()}
+    tracker = tracker_for(tmp_path, "offline")
+    tracker.start_bar(5, 0, enabled=True)
+    for step in range(1, 6):
+        tracker.log(step, {"train/loss": 1.0 / step, "train/sentinel_metric": float(step)})
+        tracker.advance()
+    started = [t.name for t in threading.enumerate() if t.ident not in before]
+    tracker.close()
+    assert started == [], f"threads in the rank that forks DataLoader workers: {started}"
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    (run,) = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    # The offline run file holds each history record (and the summary) with the metric's name.
+    assert run.read_bytes().count(b"train/sentinel_metric") >= 5, run
+
+
+def test_wandb_that_fails_leaves_training_alone(tmp_path, monkeypatch, caplog):
+    """wandb online without an API key (or network) fails in its process: one warning, every record in metrics.jsonl."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    caplog.set_level(logging.WARNING, logger="fe_train")
+    tracker = tracker_for(tmp_path, "online")
+    started = time.perf_counter()
+    for step in range(1, 4):
+        tracker.log(step, {"train/loss": 1.0})
+        time.sleep(1.0)  # the sink has long failed by now
+    tracker.close()
+    assert time.perf_counter() - started < 30
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    warnings = [r.getMessage() for r in caplog.records if "wandb stopped" in r.getMessage()]
+    assert len(warnings) == 1 and "training goes on, metrics go to metrics.jsonl" in warnings[0], caplog.text
