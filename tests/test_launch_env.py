@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from fe_train.launch.env import expand_hostlist, from_environ, slurm_port
+from fe_train.errors import UserError
+from fe_train.launch.env import check_device, cuda_device_index, expand_hostlist, from_environ, slurm_port
 
 
 def test_single_process():
@@ -68,3 +69,42 @@ def test_record_names_host_and_its_address():
     env = from_environ({})
     assert env.host_addr == socket.gethostbyname(socket.gethostname())
     assert f"on {env.hostname} ({env.host_addr}) via single" in env.describe()
+
+
+SRUN_TASK_3 = {"SLURM_PROCID": "3", "SLURM_LOCALID": "3", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "7",
+               "SLURM_JOB_NODELIST": "gpu[01-02]", "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_NODEID": "0"}
+
+
+@pytest.mark.parametrize("mode, visible, device", [
+    ("every GPU of the node visible", 4, 3),
+    ("srun --gpus-per-task=1 / --gpu-bind=single:1 / map_gpu", 1, 0),
+    ("--gpu-bind=closest: two of four visible", 2, 1),
+])
+def test_local_rank_exported_is_the_visible_device_deepspeed_opens(mode, visible, device):
+    """DeepSpeed opens CUDA device LOCAL_RANK: under one GPU per task, task 3 must ask for device 0, not 3."""
+    launch = from_environ(SRUN_TASK_3)
+    assert cuda_device_index(launch.local_rank, visible) == device, mode
+    assert launch.exported(cuda_device_index(launch.local_rank, visible))["LOCAL_RANK"] == str(device)
+    assert launch.exported()["LOCAL_RANK"] == "3"  # on CPU: the place on the node
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"SLURM_GPUS_ON_NODE": "4"}, "GPUs expected (SLURM_GPUS_ON_NODE=4) but torch finds no CUDA device"),
+    ({"SLURM_GPUS_PER_NODE": "h100:8"}, "GPUs expected (SLURM_GPUS_PER_NODE=h100:8) but torch finds no CUDA device"),
+    ({"DS_ACCELERATOR": "cuda"}, "GPUs expected (DS_ACCELERATOR=cuda) but torch finds no CUDA device"),
+])
+def test_no_cuda_where_gpus_were_asked_for_is_one_line(environ, message):
+    with pytest.raises(UserError) as caught:
+        check_device(False, environ)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_cpu_deepspeed_beside_cuda_torch_is_one_line():
+    with pytest.raises(UserError, match=r"^DS_ACCELERATOR=cpu but torch finds CUDA devices: .* unset DS_ACCELERATOR$"):
+        check_device(True, {"DS_ACCELERATOR": "cpu"})
+
+
+@pytest.mark.parametrize("environ", [{}, {"DS_ACCELERATOR": "cpu"}, {"SLURM_GPUS_ON_NODE": "0"}, {"SLURM_GPUS_PER_NODE": "0"}])
+def test_cpu_runs_where_no_gpu_was_asked_for(environ):
+    check_device(False, environ)
+    check_device(True, {k: v for k, v in environ.items() if k != "DS_ACCELERATOR"})

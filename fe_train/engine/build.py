@@ -21,16 +21,17 @@ log = logging.getLogger(__name__)
 
 
 def device_for(launch: LaunchEnv) -> torch.device:
-    if torch.cuda.is_available():
-        # modulo: a site that binds one GPU per task (--gpus-per-task) shows each rank only its own
-        return torch.device("cuda", launch.local_rank % torch.cuda.device_count())
+    cuda = torch.cuda.is_available()
+    launch_env.check_device(cuda)
+    if cuda:
+        return torch.device("cuda", launch_env.cuda_device_index(launch.local_rank, torch.cuda.device_count()))
     return torch.device("cpu")
 
 
 def init_distributed(launch: LaunchEnv, cfg: Config) -> torch.device:
     """Start torch.distributed through DeepSpeed with the launcher record; returns this rank's device."""
-    launch_env.export(launch)
     device = device_for(launch)
+    launch_env.export(launch, device.index if device.type == "cuda" else None)
     backend = cfg.engine.dist_backend
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"

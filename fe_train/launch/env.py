@@ -46,11 +46,15 @@ class LaunchEnv:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def exported(self) -> dict[str, str]:
-        """The variables torch.distributed and DeepSpeed read in ``init_distributed``."""
+    def exported(self, device_index: int | None = None) -> dict[str, str]:
+        """The variables torch.distributed and DeepSpeed read in ``init_distributed``.
+
+        NOTE(deepspeed): the engine takes ``LOCAL_RANK`` as its CUDA device index, so a rank on a GPU exports
+        the index of its device among the visible ones (``cuda_device_index``), not its place on the node.
+        """
         return {
             "RANK": str(self.rank),
-            "LOCAL_RANK": str(self.local_rank),
+            "LOCAL_RANK": str(self.local_rank if device_index is None else device_index),
             "WORLD_SIZE": str(self.world_size),
             "LOCAL_WORLD_SIZE": str(self.local_world_size),
             "MASTER_ADDR": self.master_addr,
@@ -114,9 +118,44 @@ def from_environ(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     )
 
 
-def export(launch: LaunchEnv) -> None:
+def export(launch: LaunchEnv, device_index: int | None = None) -> None:
     """Write the record into ``os.environ`` for torch.distributed and DeepSpeed."""
-    os.environ.update(launch.exported())
+    os.environ.update(launch.exported(device_index))
+
+
+GPU_COUNTS = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK", "SLURM_GPUS")
+"""Slurm's GPU counts of the job ("4" or "a100:4"): GPUs were asked for."""
+
+
+def cuda_device_index(local_rank: int, visible: int) -> int:
+    """This rank's CUDA device among the ``visible`` ones.
+
+    Every GPU of the node visible (one task per GPU, all bound to the node): the local rank. One GPU per task
+    (``srun --gpus-per-task=1``, ``--gpu-bind=single:1`` or ``map_gpu``): 0, the only one it sees. Some of them
+    (``--gpu-bind=closest``): the local rank modulo the visible count.
+    """
+    return local_rank % visible
+
+
+def check_device(cuda_available: bool, environ: Mapping[str, str] | None = None) -> None:
+    """Stop with one line when the machine is not the one the job was launched for, before anything is built."""
+    env = os.environ if environ is None else environ
+    accelerator = env.get("DS_ACCELERATOR", "")
+    asked = [f"{key}={env[key]}" for key in GPU_COUNTS if re.search(r"(^|:)0*[1-9]\d*$", env.get(key, ""))]
+    if not cuda_available and (asked or accelerator == "cuda"):
+        reason = ", ".join(asked) or "DS_ACCELERATOR=cuda"
+        raise UserError(f"GPUs expected ({reason}) but torch finds no CUDA device (torch {torch_version()}): "
+                        f"a driver older than the wheel's CUDA, or no GPU given to this task; "
+                        f"ask for --gpus-per-node=0 to train on CPU on purpose")
+    if cuda_available and accelerator not in ("", "cuda"):
+        raise UserError(f"DS_ACCELERATOR={accelerator} but torch finds CUDA devices: DeepSpeed would work on "
+                        f"{accelerator} while torch uses CUDA; unset DS_ACCELERATOR")
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def slurm_port(job_id: str) -> int:
