@@ -50,13 +50,23 @@ def read_policy(path: str) -> dict[str, Any]:
 
 
 def gradient_accumulation(cfg: Config, world_size: int) -> int:
-    per_step = cfg.train.micro_batch_size * world_size
-    if cfg.train.global_batch_size % per_step:
+    """Micro-batches per rank per optimizer step: global batch / (micro batch x ranks), a whole number."""
+    glob, micro = cfg.train.global_batch_size, cfg.train.micro_batch_size
+    if glob % (micro * world_size):
         raise UserError(
-            f"config train.global_batch_size = {cfg.train.global_batch_size} is not a multiple of "
-            f"train.micro_batch_size ({cfg.train.micro_batch_size}) x world size ({world_size})"
+            f"config train.global_batch_size = {glob} is not a multiple of train.micro_batch_size ({micro}) x "
+            f"world size ({world_size}): {batch_fix(glob, micro, world_size)}"
         )
-    return cfg.train.global_batch_size // per_step
+    return glob // (micro * world_size)
+
+
+def batch_fix(glob: int, micro: int, world_size: int) -> str:
+    """The smallest change that makes the global batch split over ``world_size`` ranks."""
+    if glob % world_size == 0:
+        fits = max(m for m in range(1, min(micro, glob // world_size) + 1) if (glob // world_size) % m == 0)
+        return f"set train.micro_batch_size={fits} (keeps the global batch)"
+    larger = -(-glob // (micro * world_size)) * micro * world_size
+    return f"set train.global_batch_size={larger}, or run on a world size that divides {glob}"
 
 
 def resolve(cfg: Config, world_size: int) -> dict[str, Any]:
