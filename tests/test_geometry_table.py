@@ -1,4 +1,5 @@
-"""The paper presets on 8 to 64 GPUs: the optimizer-step geometry each gets, or the one line that says what to change."""
+"""The paper presets on 8 to 64 GPUs: the optimizer-step geometry each gets, or the one line that says what to change;
+evaluation on any number of shards."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import re
 
 import pytest
 
+from conftest import REPO
 from fe_train.config import Config
+from fe_train.data.plan import EpochPlan, Shard, eval_geometry
 from fe_train.engine.ds_config import gradient_accumulation
 from fe_train.errors import UserError
-
-from conftest import REPO
 
 PRESETS = ["stage1_paper", "stage2a_paper", "stage2b_paper", "stage3a_paper", "stage3b_paper"]
 
@@ -50,3 +51,18 @@ def test_the_named_fix_works(glob, micro, world):
         gradient_accumulation(cfg, world)
     fix = named_fix(str(caught.value))
     assert gradient_accumulation(Config.load(None, [f"train.global_batch_size={glob}", f"train.micro_batch_size={micro}", fix]), world) >= 1
+
+
+@pytest.mark.parametrize("counts, gpus", [([37, 41], 8), ([300], 64), ([5] * 50, 32), ([3], 16)])
+def test_evaluation_runs_on_any_number_of_shards(counts, gpus):
+    """A 2-shard dev set on 8 GPUs x 4 workers stopped stage 2 before step 1: evaluation now shares shards and
+    caps its workers, every rank steps the same number of times, and every sample is read exactly once."""
+    shards = [Shard(f"dev-{i:03d}.tar", count) for i, count in enumerate(counts)]
+    geometry = eval_geometry(shards, gpus, num_workers=4, micro_batch=16)
+    plan = EpochPlan(shards, 0, seed=1, shuffle=False, geometry=geometry)
+    read = []
+    for rank in range(gpus):
+        batches = [batch for worker in range(geometry.streams) for batch in plan.worker_batches(rank, worker)]
+        assert len(batches) == plan.batches_per_rank
+        read += [(span.shard, position) for batch in batches for span in batch.spans for position in range(span.start, span.stop)]
+    assert sorted(read) == [(i, p) for i, count in enumerate(counts) for p in range(count)]

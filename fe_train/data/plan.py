@@ -50,10 +50,24 @@ class Geometry:
     num_workers: int
     """Workers per rank (0 means the main process reads: one stream)."""
     micro_batch: int
+    share_shards: bool = False
+    """Let streams read parts of one shard (evaluation on few shards); training gives each stream whole shards."""
 
     @property
     def streams(self) -> int:
         return max(1, self.num_workers)
+
+
+def eval_geometry(shards: list[Shard], world_size: int, num_workers: int, micro_batch: int) -> Geometry:
+    """Evaluation's geometry: any number of shards on any number of ranks.
+
+    Workers are capped by the shards and by the micro-batches each rank gets (none: the rank reads in its own
+    process); with fewer shards than streams, the streams share shards, each reading only its own samples.
+    """
+    total = sum(shard.count for shard in shards)
+    batches = math.ceil(math.ceil(total / world_size) / micro_batch)
+    workers = max(0, min(num_workers, len(shards) // world_size, batches))
+    return Geometry(world_size, workers, micro_batch, share_shards=len(shards) < world_size * max(1, workers))
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,7 @@ class EpochPlan:
 
     def __post_init__(self):
         geo = self.geometry
-        if len(self.shards) < geo.world_size * geo.streams:
+        if len(self.shards) < geo.world_size * geo.streams and not geo.share_shards:
             raise UserError(
                 f"{len(self.shards)} shard(s) for {geo.world_size} rank(s) x {geo.streams} worker(s): every worker "
                 "needs at least one shard; write more, smaller shards or lower data.num_workers"

@@ -196,7 +196,7 @@ class Trainer:
         geometry = asdict(self.stream.geometry)
         consumed = [Span(*span) for span in state.consumed]
         skip = state.micro_in_epoch
-        if state.micro_in_epoch and state.geometry and state.geometry != geometry:
+        if state.micro_in_epoch and state.geometry and Geometry(**state.geometry) != self.stream.geometry:
             old = EpochPlan(self.stream.shards, state.epoch, self.stream.seed, self.stream.shuffle,
                             Geometry(**state.geometry), consumed)
             consumed = old.consumed_after(state.micro_in_epoch)

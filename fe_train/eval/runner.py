@@ -18,7 +18,7 @@ import torch
 from fe_train.config import Config
 from fe_train.data.collate import Collate
 from fe_train.data.pipeline import ShardStream, build_loader, resolve_shards
-from fe_train.data.plan import Geometry, Shard
+from fe_train.data.plan import Shard, eval_geometry
 from fe_train.errors import UserError
 from fe_train.eval import assembly
 from fe_train.eval.checkpoints import load_config
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def task_stream(task, tokenizer, shards: list[Shard], rank: int, world_size: int, cfg: Config) -> ShardStream:
     """The rank's prompt-only batches of ``shards`` in file order (no shuffle), ``eval.batch_size`` per batch."""
-    geometry = Geometry(world_size, cfg.data.num_workers, cfg.eval.batch_size)
+    geometry = eval_geometry(shards, world_size, cfg.data.num_workers, cfg.eval.batch_size)
     return ShardStream(shards, rank, geometry, cfg.train.seed, False, task.build, Collate(tokenizer.pad_token_id))
 
 

@@ -18,6 +18,7 @@ from fe_train.config import EMOTIONS
 from fe_train.data.prompt import IGNORE
 from fe_train.eval.emotion_word import label_word
 
+
 @dataclass
 class SERScore:
     clips: int = 0

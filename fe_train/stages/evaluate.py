@@ -17,7 +17,7 @@ import torch
 from fe_train.config import Config
 from fe_train.data.collate import Collate
 from fe_train.data.pipeline import ShardStream, build_loader, resolve_shards
-from fe_train.data.plan import Geometry
+from fe_train.data.plan import eval_geometry
 from fe_train.engine import ds_config
 from fe_train.engine.build import PartitionedBuild, build_inference_engine, compute_dtype, init_distributed, shutdown
 from fe_train.eval.ser_score import SERScore, evaluate_ser
@@ -38,7 +38,7 @@ def evaluate(recipe, cfg: Config, launch: LaunchEnv) -> SERScore:
         model.requires_grad_(False)
         log.info("evaluating stage %s exports (%s)", recipe.name, count_params(model).describe())
         engine = build_inference_engine(model, ds)
-        geometry = Geometry(launch.world_size, cfg.data.num_workers, cfg.train.micro_batch_size)
+        geometry = eval_geometry(shards, launch.world_size, cfg.data.num_workers, cfg.train.micro_batch_size)
         build = recipe.example_builder(cfg, engine.module, tokenizer)
         stream = ShardStream(shards, launch.rank, geometry, cfg.train.seed, False, build, Collate(tokenizer.pad_token_id))
         score = evaluate_ser(engine.module, build_loader(stream), tokenizer, device, cfg.emotion.eval_max_new_tokens)

@@ -20,7 +20,7 @@ from fe_train.checkpoint.store import CheckpointStore, TrainerState
 from fe_train.config import Config
 from fe_train.data.collate import Collate
 from fe_train.data.pipeline import Example, RawSample, ShardStream, resolve_shards
-from fe_train.data.plan import Geometry, Shard
+from fe_train.data.plan import Geometry, Shard, eval_geometry
 from fe_train.engine import ds_config
 from fe_train.engine.build import PartitionedBuild, barrier, build_engine, compute_dtype, init_distributed, shutdown
 from fe_train.engine.export import export_modules
@@ -124,7 +124,9 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: 
     stream = getattr(recipe, "train_stream", default_stream)(cfg, shards, launch.rank, geometry, build, collate)
     eval_stream = None
     if eval_shards is not None:
-        eval_stream = ShardStream(eval_shards, launch.rank, geometry, cfg.train.seed, False, build, collate)
+        eval_stream = ShardStream(eval_shards, launch.rank, eval_geometry(eval_shards, launch.world_size, cfg.data.num_workers,
+                                                                          cfg.train.micro_batch_size),
+                                  cfg.train.seed, False, build, collate)
 
     accumulation = ds_config.gradient_accumulation(cfg, launch.world_size)
     steps = total_steps(cfg, stream.plan.batches_per_rank, accumulation)
