@@ -8,9 +8,14 @@
 export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 
-# DeepSpeed's compiled ops (CPU Adam, shm comm) are built once into this folder and reused by every
-# rank and job; on a shared filesystem the first rank builds and the others wait for its lock.
-export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-${FE_TRAIN_HOME:-$PWD}/.cache/torch_extensions}"
+# DeepSpeed's compiled ops (CPU Adam, shm comm) are built once per kind of CPU into this folder and reused by
+# every rank and job; on a shared filesystem the first rank builds and the others wait for its lock. The ops
+# are built with -march=native, so nodes with another CPU get a folder of their own (one built elsewhere would
+# die with SIGILL). A build killed midway leaves its lock behind, and every later rank would wait for it:
+# locks older than any build are removed.
+cpu_kind=$(uname -m)-$( (grep -m1 '^model name' /proc/cpuinfo; grep -m1 '^flags' /proc/cpuinfo) 2>/dev/null | cksum | cut -d' ' -f1)
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-${FE_TRAIN_HOME:-$PWD}/.cache/torch_extensions/$cpu_kind}"
+find "$TORCH_EXTENSIONS_DIR" -name lock -mmin +"${FE_STALE_LOCK_MIN:-30}" -delete 2>/dev/null || true
 
 # One OpenMP/MKL thread per CPU that Slurm gave the task; torch would otherwise start one per core
 # of the node in every rank.

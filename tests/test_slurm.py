@@ -98,10 +98,10 @@ class Job:
         return f"job {self.id}: {self.info()}\n{text[-4000:]}\n{self.cluster.daemon_logs()}"
 
 
-def submit(cluster: SlurmCluster, assets, tmp: Path, options: list[str], **overrides) -> Job:
+def submit(cluster: SlurmCluster, assets, tmp: Path, options: list[str], env_extra=None, **overrides) -> Job:
     out = tmp / "run"
     values = {"train.epochs": EPOCHS, "train.log_every": 1, "train.eval_every": 0, "data.eval_shards": "", **overrides}
-    env = dist_env(FE_PYTHON=sys.executable)
+    env = dist_env(FE_PYTHON=sys.executable, **(env_extra or {}))
     args = [*options, f"--output={tmp}/batch-%j.out", "slurm/train.sbatch", CONFIG, *stage1_overrides(assets, out, **values)]
     job_id = cluster.sbatch(args, env, cwd=REPO)
     return Job(cluster, job_id, out, tmp / f"batch-{job_id}.out")
@@ -185,12 +185,20 @@ def test_preempted_job_checkpoints_requeues_and_resumes(clusters, reference, ass
 
 
 def test_sbatch_trains_across_two_nodes(clusters, reference, assets, tmp_path):
-    job = submit(clusters.get("two_nodes"), assets, tmp_path, TWO_NODES)
+    """... with the site's environment hook (FE_TRAIN_ENV) sourced in the batch shell and on each node before its rank."""
+    hook, sourced = tmp_path / "site_env.sh", tmp_path / "sourced.log"
+    hook.write_text(f'echo "${{SLURMD_NODENAME}} step=${{SLURM_STEP_ID:-}} rank=${{SLURM_PROCID:-}}" >> {sourced}\n'
+                    'export FE_SITE_HOOK=1\n')
+    job = submit(clusters.get("two_nodes"), assets, tmp_path, TWO_NODES, env_extra={"FE_TRAIN_ENV": str(hook)})
     assert_finished(job, expected_steps(assets), restarts=0)
     port = str(slurm_port(job.id))
     assert job.records() == [("0", "2", "node1", "10.77.0.11", "slurm", "node1", port),
                              ("1", "2", "node2", "10.77.0.12", "slurm", "node1", port)]
     assert_same_losses(job, reference)
+    lines = sourced.read_text().splitlines()
+    ranks = sorted(line for line in lines if "step=0 " in line)
+    assert ranks == ["node1 step=0 rank=0", "node2 step=0 rank=1"], lines
+    assert len(lines) == 3, lines  # and once in the batch shell
 
 
 def test_killed_rank_ends_the_job(clusters, assets, tmp_path):
