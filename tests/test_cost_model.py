@@ -61,3 +61,33 @@ def test_recommendation_is_the_fastest_that_fits():
     assert recommend(qwen7b(8, micro=1, ckpt=True), 16 * GIB).ds_config == "zero3.json"
     assert recommend(qwen7b(8, micro=1, seq=256, ckpt=True), 3 * GIB).ds_config == "zero3_offload.json"
     assert recommend(qwen7b(1, micro=64, seq=4096), 24 * GIB) is None
+
+
+@pytest.fixture(scope="module")
+def paper_models(tmp_path_factory):
+    """Qwen2.5-7B-Instruct's and Whisper-large-v3's configs (shapes only, no weights), where the presets expect them."""
+    from transformers import Qwen2Config, WhisperConfig
+
+    root = tmp_path_factory.mktemp("paper_models")
+    Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
+                tie_word_embeddings=False).save_pretrained(root / "llm")
+    WhisperConfig(vocab_size=51866, num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20,
+                  decoder_layers=32, decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120,
+                  max_source_positions=1500).save_pretrained(root / "whisper")
+    return root
+
+
+@pytest.mark.parametrize("preset", ["stage1_paper", "stage2a_paper", "stage2b_paper"])
+def test_paper_presets_hold_the_fastest_plan_that_fits(paper_models, preset):
+    """On 80 GB GPUs at 1024 tokens, 8 to 32 of them: the preset's ds_config is what `fe-train plan` recommends."""
+    from fe_train.config import Config
+    from fe_train.engine.memory import workload_for
+
+    from conftest import REPO
+
+    cfg = Config.load(str(REPO / "configs" / f"{preset}.yaml"),
+                      [f"model.llm_path={paper_models / 'llm'}", f"model.encoder_path={paper_models / 'whisper'}"])
+    for gpus in (8, 16, 32):
+        best = recommend(workload_for(cfg, gpus, 1024), 80 * GIB)
+        assert best is not None and best.ds_config == cfg.engine.ds_config.rsplit("/", 1)[-1], (gpus, best)

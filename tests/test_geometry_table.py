@@ -33,9 +33,10 @@ def test_geometry_table_of_the_paper_presets():
     table = {(preset, gpus): geometry(preset, gpus) for preset in PRESETS for gpus in (8, 16, 32, 64)}
     for (preset, gpus), line in table.items():
         print(f"{preset:14s} {gpus:3d} GPUs: {line}")
-    assert table["stage1_paper", 8] == "micro 16 x 8 GPUs x accumulation 1 = 128"
-    assert table["stage1_paper", 32] == ("error: config train.global_batch_size = 128 is not a multiple of "
-                                         "train.micro_batch_size (16) x world size (32): set train.micro_batch_size=4 "
+    assert table["stage1_paper", 8] == "micro 4 x 8 GPUs x accumulation 4 = 128"
+    assert table["stage1_paper", 32] == "micro 4 x 32 GPUs x accumulation 1 = 128"
+    assert table["stage1_paper", 64] == ("error: config train.global_batch_size = 128 is not a multiple of "
+                                         "train.micro_batch_size (4) x world size (64): set train.micro_batch_size=2 "
                                          "(keeps the global batch)")
     assert table["stage3a_paper", 64].endswith("set train.global_batch_size=256, or run on a world size that divides 32")
     for (preset, gpus), line in table.items():

@@ -77,7 +77,7 @@ def describe(w: Workload, gpu_bytes: int) -> str:
              f"{w.world_size} rank(s), micro batch {w.micro_batch} x {w.seq_len} tokens, GPU {gpu_bytes / GIB:.0f} GiB:"]
     best = recommend(w, gpu_bytes)
     for plan in estimate(w):
-        mark = "<- fastest that fits" if plan is best else ("fits" if plan.fits(gpu_bytes) else "does not fit")
+        mark = "<- fastest that fits" if plan == best else ("fits" if plan.fits(gpu_bytes) else "does not fit")
         host = f", host {plan.host_bytes / GIB:.1f} GiB" if plan.host_bytes else ""
         lines.append(f"  {plan.ds_config:24s} ~{plan.gpu_bytes / GIB:7.1f} GiB/GPU{host}  {mark}")
     if best is None:
