@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import faulthandler
 import signal
+import sys
 
 _requested = False
 
@@ -34,4 +35,5 @@ def print_stacks_on_sigterm() -> None:
     torchrun sends SIGTERM to the other ranks when one fails (e.g. a collective timed out), and Slurm does on
     ``scancel`` or at the time limit: the stack of a rank that was stuck says where it waited.
     """
-    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
+    if sys.__stderr__ is not None:  # the process's own stderr: a command run in-process may see a captured sys.stderr
+        faulthandler.register(signal.SIGTERM, file=sys.__stderr__, all_threads=True, chain=True)
