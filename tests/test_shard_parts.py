@@ -119,3 +119,27 @@ def test_counters_merge_as_one_run():
 def test_probe_of_a_path_that_is_a_folder(tmp_path):
     with pytest.raises(SampleError, match="missing_audio"):
         probe(Path(tmp_path))
+
+
+def test_a_killed_writers_temporary_is_removed_and_a_live_ones_kept(tmp_path):
+    """atomic_write names its temporary by host and pid; a writer killed before its rename leaves it behind, and the
+    rerun of a build removes it (a rerun could otherwise never finish clean: test_shard_build's killed builder)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from fe_train.data.writer import atomic_write, remove_dead_temporaries
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    records = tmp_path / ".records"
+    records.mkdir()
+    dead = records / f"train-000001.json.tmp-{host}-{int(gone.stdout)}"
+    live = records / f"train-000002.json.tmp-{host}-{os.getpid()}"
+    elsewhere = records / "train-000003.json.tmp-othernode-1"
+    for path in (dead, live, elsewhere):
+        path.write_bytes(b"{")
+    atomic_write(records / "train-000004.json", b"{}")
+    assert remove_dead_temporaries(tmp_path) == [dead]
+    assert sorted(p.name for p in records.iterdir()) == sorted([live.name, elsewhere.name, "train-000004.json"])

@@ -19,7 +19,7 @@ from pathlib import Path
 from fe_train.data.report import make_report
 from fe_train.data.shard_plan import BuildPlan, ShardJob
 from fe_train.data.stats import Skips, Stats
-from fe_train.data.writer import ShardIndex, ShardRecord, atomic_write
+from fe_train.data.writer import ShardIndex, ShardRecord, atomic_write, remove_dead_temporaries
 from fe_train.errors import UserError
 
 PLAN_NAME = "build.json"
@@ -51,6 +51,7 @@ class Ledger:
             held = json.loads(path.read_text())
             if held.get("fingerprint") != plan.fingerprint:
                 raise UserError(_mismatch(self.out, held, options))
+            remove_dead_temporaries(self.out)  # a killed writer's, e.g. of a shard record
             return
         for split in plan.splits():
             if any((self.out / split).glob("*.tar")):

@@ -155,6 +155,31 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def remove_dead_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the ``atomic_write`` temporaries under ``folder`` whose writer, a process of this host, is gone.
+
+    A writer killed between its write and its rename (SIGKILL, a node failure) leaves its temporary behind, and a
+    rerun writes under its own name. A temporary of a live process, or of another host, is left alone.
+    """
+    host, removed = socket.gethostname(), []
+    for path in Path(folder).rglob(f"*.tmp-{host}-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def encode_sample(meta, wave, sample_rate_hz: int, units=None) -> EncodedSample:
     """A sample's tar members from its metadata (``schema.Meta``) and mono audio at ``sample_rate_hz``."""
     from fe_train.data.audio import encode_flac
