@@ -1,0 +1,134 @@
+"""Tune stage 2a on voices that no test reports: train the tiny preset on fold 0's training voices and score
+the tuning voices (``ser_world.TUNING_VOICES``) and the training voices, word and head.
+
+Usage: FE_WORLD_SEED=s OMP_NUM_THREADS=t python tests/tune_ser.py OUT [--threads t] [section.key=value ...]
+       ... tests/tune_ser.py OUT --steer   (the frozen LLM's tone slot, see steerability())
+
+The held-out folds (``ser_world.FOLDS``) are the tests'; a knob chosen by their figures would be tuned on the test.
+"""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from conftest import REPO, build_world, torchrun
+from fe_train.config import EMOTIONS, Config
+from fe_train.data import synthetic
+from fe_train.data.schema import Meta
+from fe_train.data.writer import encode_sample, write_shards
+from fe_train.fixtures import ser_world
+from fe_train.fixtures.ser_assets import SerAssets
+
+PRESET = str(REPO / "configs" / "stage2a_tiny.yaml")
+
+
+def tuning_shards(seed: int, out: Path) -> Path:
+    """The SER clips of the tuning voices (6 per voice and emotion, the world's prosody), once per seed."""
+    if not (out / "index.json").is_file():
+        clips = ser_world.ser_clips(ser_world.TUNING_VOICES, 6, seed)
+        samples = [encode_sample(Meta(key=c.key, corpus="ser-synthetic", speaker=c.voice, text=c.text, emotion=c.emotion,
+                                      split="tuning"), c.wave, synthetic.SAMPLE_RATE_HZ) for c in clips]
+        random.Random(seed).shuffle(samples)
+        write_shards(samples, out, prefix="tuning", max_count=16)
+    return out
+
+
+def model_overrides(assets: SerAssets) -> list[str]:
+    return [f"model.encoder_path={assets.whisper}", f"model.llm_path={assets.llm}", f"train.init_adapter={assets.adapter}"]
+
+
+def check(proc) -> None:
+    if proc.returncode != 0:
+        raise SystemExit(proc.stdout[-3000:] + proc.stderr[-6000:])
+
+
+def tune(assets: SerAssets, seed: int, out: Path, overrides: list[str]) -> dict:
+    """Stage 2a on fold 0's training voices, then ``fe-train eval-ser`` on the tuning and the training voices."""
+    run = out / "run"
+    check(torchrun(["-m", "fe_train", "train", "--config", PRESET, *model_overrides(assets),
+                    f"data.train_shards={assets.train_shards(0)}", "data.eval_shards=", f"run.output_dir={run}",
+                    "run.progress_bar=false", "run.wandb_mode=disabled", *overrides], timeout=3600))
+    scores = {}
+    for name, shards in (("tuning voices", tuning_shards(seed, out.parent / f"tuning-seed{seed}")),
+                         ("training voices", assets.ser_group("common"))):
+        result = out / f"{name.split()[0]}.json"
+        check(torchrun(["-m", "fe_train", "eval-ser", "--config", PRESET, "--out", str(result), *model_overrides(assets),
+                        f"emotion.init_extractor={run / 'export' / 'emotion_extractor.safetensors'}",
+                        f"emotion.init_ser_head={run / 'export' / 'ser_head.safetensors'}", f"data.eval_shards={shards}",
+                        f"run.output_dir={out / 'eval'}", "run.progress_bar=false", "run.wandb_mode=disabled", *overrides]))
+        scores[name] = json.loads(result.read_text())
+    return scores
+
+
+def steerability(assets: SerAssets, seed: int, out: Path, steps: int = 400, clips: int = 60) -> dict[str, str]:
+    """Per label: of ``clips`` tuning clips in the stage-2a prompt (speech through the frozen adapter), how many a
+    FREE vector at ``<emotion>`` (started where a fresh extractor puts it, Adam at the preset's lr) makes the frozen
+    LLM answer with their label within ``steps`` steps. A label that no start reaches is a trap of the LLM's tone
+    reading: an extractor cannot learn it either."""
+    from fe_train import stages
+    from fe_train.data.collate import Collate
+    from fe_train.data.pipeline import ShardStream, resolve_shards
+    from fe_train.data.plan import Geometry
+    from fe_train.model.freezeempath import EMOTION_SLOT
+    from fe_train.eval.ser_score import left_align, prompt_lengths
+    from fe_train.model.frozen_llm import load_llm
+
+    class Whole:
+        def load_causal_lm(self, path, dtype, checkpointing):
+            return load_llm(path, dtype)
+
+    cfg = Config.load(PRESET, model_overrides(assets))
+    recipe = stages.recipe("ser")
+    torch.manual_seed(seed)
+    model, tokenizer = recipe.build_model(cfg, torch.float32, Whole)
+    model.eval().requires_grad_(False)
+    stream = ShardStream(resolve_shards(str(tuning_shards(seed, out.parent / f"tuning-seed{seed}"))), 0,
+                         Geometry(1, 0, clips), cfg.train.seed, False, recipe.example_builder(cfg, model, tokenizer),
+                         Collate(tokenizer.pad_token_id))
+    batch = next(iter(stream))
+    with torch.no_grad():
+        embeds, start = model.embed_with_emotion(batch)
+    want = torch.tensor([tokenizer(e, add_special_tokens=False)["input_ids"][0] for e in EMOTIONS])[batch["emotion_label"]]
+    rows, slot = torch.arange(len(want)), (batch["slots"] == EMOTION_SLOT).int().argmax(dim=1)
+    vectors = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([vectors], lr=cfg.train.lr)
+    reached = torch.zeros(len(want), dtype=torch.bool)
+    for _ in range(steps):
+        inputs, mask = left_align(embeds.index_put((rows, slot), vectors), prompt_lengths(batch["labels"], batch["attention_mask"]))
+        logits = model.llm(inputs_embeds=inputs, attention_mask=mask).logits[:, -1]
+        reached |= logits.argmax(dim=-1) == want
+        loss = torch.nn.functional.cross_entropy(logits, want)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    labels = batch["emotion_label"]
+    return {e: f"{int(reached[labels == i].sum())}/{int((labels == i).sum())}" for i, e in enumerate(EMOTIONS)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--steer", action="store_true", help="only the LLM's steerability at the tone slot")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from conftest import WORLD_SEED
+
+    assets = SerAssets(build_world("ser_assets"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.steer:
+        print(f"world {assets.root.name} (seed {WORLD_SEED}, {args.threads} threads): free vector reaches its label "
+              f"{steerability(assets, WORLD_SEED, args.out)}")
+        return
+    for name, score in tune(assets, WORLD_SEED, args.out, args.overrides).items():
+        print(f"world {assets.root.name} (seed {WORLD_SEED}, {args.threads} threads) {' '.join(args.overrides)}: {name}: "
+              f"word {score['word_accuracy']:.3f} head {score['head_accuracy']:.3f} on {score['clips']} clips; "
+              f"confusion {score['confusion']}")
+
+
+if __name__ == "__main__":
+    main()
