@@ -23,19 +23,20 @@ import torch
 from fe_train.cli import setup_logging
 from fe_train.data import synthetic
 from fe_train.fixtures import tiny
-from fe_train.fixtures.assets import SYSTEM, stretched
+from fe_train.config import HELPFUL_SYSTEM
+from fe_train.fixtures.assets import stretched
 from fe_train.generate.plan import GenerationPlan, Item
 from fe_train.generate.replies import Sampling, eos_ids, generate_batch, prompt_ids
 
 
 def tiny_llm(out_dir: str, pretrain_steps: int):
     texts = [i.text for i in synthetic.instructions()]
-    tokenizer = tiny.build_tokenizer([SYSTEM, *texts, *(i.answer for i in synthetic.instructions())], out_dir)
+    tokenizer = tiny.build_tokenizer([HELPFUL_SYSTEM, *texts, *(i.answer for i in synthetic.instructions())], out_dir)
     llm = tiny.build_llm(tokenizer)
     rng = random.Random(0)
     pairs = [(i.text, i.answer) for i in synthetic.instructions()]
     pairs += [(stretched(i.text, rng), i.answer) for i in rng.choices(synthetic.instructions(), k=2000)]
-    tiny.pretrain_llm(llm, tokenizer, SYSTEM, pairs, steps=pretrain_steps)
+    tiny.pretrain_llm(llm, tokenizer, HELPFUL_SYSTEM, pairs, steps=pretrain_steps)
     llm.save_pretrained(out_dir)
     return out_dir
 
@@ -44,7 +45,7 @@ def prompts(tokenizer, n: int) -> list[list[int]]:
     """``n`` prompts of many lengths: the questions with each word said 1-4 times, in random order."""
     rng = random.Random(1)
     users = [stretched(rng.choice(synthetic.instructions()).text, rng) for _ in range(n)]
-    return prompt_ids(tokenizer, SYSTEM, users)
+    return prompt_ids(tokenizer, HELPFUL_SYSTEM, users)
 
 
 def run_mode(llm, batches: list[list[list[int]]], sampling, eos, pad_id, device) -> tuple[float, int, list]:

@@ -7,6 +7,7 @@ and exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -62,18 +63,18 @@ def setup_rank(rank: int) -> None:
 
 
 def _train(args) -> int:
+    from fe_train.config import Config
     from fe_train.launch import preemption
 
-    preemption.install(["SIGUSR1"])  # before the slow imports and loads: a preemption notice must not kill us
+    cfg = Config.load(args.config, args.overrides)
+    preemption.install(cfg.run.checkpoint_signals)  # before the slow imports and loads: a notice must not kill us
     from fe_train import stages
-    from fe_train.config import Config
     from fe_train.launch.env import from_environ
     from fe_train.stages import runner
 
     launch = from_environ()
     setup_rank(launch.rank)
     logging.getLogger("fe_train.launch").info("%s", launch.describe())
-    cfg = Config.load(args.config, args.overrides)
     outcome = runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=args.resume)
     if outcome.state.preempted:
         if launch.is_main:
@@ -290,28 +291,31 @@ def train_main(argv: list[str] | None = None) -> int:
 def shards_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fe-shards", description="Build and verify WebDataset shards.")
     sub = parser.add_subparsers(dest="command", required=True)
+    from fe_train.data.build import BuildOptions
+
+    default = {f.name: f.default for f in dataclasses.fields(BuildOptions)}
     build = sub.add_parser("build", help="write shards from a corpus")
     build.add_argument("--corpus", required=True, help="importer: ravdess, cremad, esd, iemocap, meld, manifest, "
                        "instructions (a manifest of instruction text, audio and reply), instructs2s")
     build.add_argument("--root", required=True, help="corpus root (for manifest: the JSONL file)")
     build.add_argument("--out", required=True, help="output folder: OUT/<split>/<split>-NNNNNN.tar + index.json")
-    build.add_argument("--prefix", default="train", help="split of clips without one of their own")
-    build.add_argument("--max-count", type=int, default=1000, help="samples per shard at most")
-    build.add_argument("--max-mb", type=float, default=256.0, help="audio MiB per shard at most (as 16-bit PCM)")
-    build.add_argument("--seed", type=int, default=0, help="seed of the global shuffle")
-    build.add_argument("--workers", type=int, default=1, help="worker processes (one core each)")
-    build.add_argument("--sample-rate", type=int, default=16000, help="stored sample rate in Hz")
-    build.add_argument("--min-duration", type=float, default=0.2, help="shorter clips are skipped (seconds)")
-    build.add_argument("--max-duration", type=float, default=30.0, help="longer clips are skipped (seconds)")
+    build.add_argument("--prefix", default=default["prefix"], help="split of clips without one of their own")
+    build.add_argument("--max-count", type=int, default=default["max_count"], help="samples per shard at most")
+    build.add_argument("--max-mb", type=float, default=default["max_bytes"] / (1 << 20), help="audio MiB per shard at most (as 16-bit PCM)")
+    build.add_argument("--seed", type=int, default=default["seed"], help="seed of the global shuffle")
+    build.add_argument("--workers", type=int, default=default["workers"], help="worker processes (one core each)")
+    build.add_argument("--sample-rate", type=int, default=default["sample_rate_hz"], help="stored sample rate in Hz")
+    build.add_argument("--min-duration", type=float, default=default["min_duration_s"], help="shorter clips are skipped (seconds)")
+    build.add_argument("--max-duration", type=float, default=default["max_duration_s"], help="longer clips are skipped (seconds)")
     build.add_argument("--holdout", action="append", default=[], metavar="FIELD=VALUES",
                        help="send clips whose field matches to the held-out split, e.g. speaker=Actor_01,Actor_02 "
                             "or session=Session5 (repeatable; shell patterns allowed)")
-    build.add_argument("--holdout-split", default="test", help="name of the held-out split")
+    build.add_argument("--holdout-split", default=default["holdout_split"], help="name of the held-out split")
     build.add_argument("--no-corpus-splits", action="store_true", help="ignore the splits a corpus ships")
     build.add_argument("--label", action="append", default=[], metavar="RAW=CLASS",
                        help="map a raw corpus label to a class or 'drop', e.g. calm=neutral, exc=drop")
-    build.add_argument("--task-id", type=int, default=0, help="this array task's slice of the shards")
-    build.add_argument("--task-count", type=int, default=1, help="number of array tasks")
+    build.add_argument("--task-id", type=int, default=default["task_id"], help="this array task's slice of the shards")
+    build.add_argument("--task-count", type=int, default=default["task_count"], help="number of array tasks")
     build.set_defaults(run=_build)
     merge = sub.add_parser("merge", help="merge the indexes and reports of a build's array tasks")
     merge.add_argument("directory")

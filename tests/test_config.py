@@ -80,7 +80,33 @@ def test_batch_must_divide(tmp_path):
         resolve(cfg, world_size=2)
 
 
-def test_yaml_files_hold_only_overrides():
-    for path in (REPO / "configs").glob("*.yaml"):
-        tree = yaml.safe_load(path.read_text())
-        assert set(tree) <= {f.name for f in dataclasses.fields(Config)}, path
+def repeated_defaults(path: Path) -> list[str]:
+    """The keys of a YAML preset whose value is the default's: a preset holds only what differs, so that a default
+    changed in ``fe_train/config`` is not silently kept at its old value by a copy."""
+    tree, cfg, default = yaml.safe_load(path.read_text()), Config.load(path), Config()
+    return [f"{section}.{key}" for section, keys in tree.items() for key in keys
+            if getattr(getattr(cfg, section), key) == getattr(getattr(default, section), key)]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_presets_hold_only_what_differs_from_the_defaults(path):
+    assert set(yaml.safe_load(path.read_text())) <= {f.name for f in dataclasses.fields(Config)}, path
+    assert repeated_defaults(path) == [], f"{path.name} repeats defaults: remove them"
+
+
+def test_a_preset_repeating_a_default_is_caught(tmp_path):
+    path = tmp_path / "preset.yaml"
+    path.write_text("train:\n  lr: 1.0e-3\n  epochs: 5\nprompt:\n  system: You are a helpful assistant.\n")
+    assert repeated_defaults(path) == ["train.lr", "prompt.system"]
+
+
+def test_presets_name_the_recipe_prompts():
+    """``empathy``/``helpful`` and ``speech``/``emotion`` stand for the recipe's texts, written once
+    (``fe_train/config/prompts.py``); the saved config holds the texts."""
+    from fe_train.config import EMOTION_TURN, EMPATHY_SYSTEM
+
+    cfg = Config.load(REPO / "configs" / "stage2b_paper.yaml")
+    assert cfg.prompt.system == EMPATHY_SYSTEM and cfg.prompt.user_speech == EMOTION_TURN
+    assert cfg.emotion.ser_user.startswith(EMOTION_TURN) and cfg.generate.empathy_system == EMPATHY_SYSTEM
+    assert Config.load(None, ["prompt.system=Be brief."]).prompt.system == "Be brief."
+    assert Config.load(None, ["prompt.system=empathy"]).to_dict()["prompt"]["system"] == EMPATHY_SYSTEM

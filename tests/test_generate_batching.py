@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fe_train.data import synthetic
-from fe_train.fixtures.assets import SYSTEM, stretched
+from fe_train.config import HELPFUL_SYSTEM
+from fe_train.fixtures.assets import stretched
 from fe_train.generate.replies import Sampling, eos_ids, generate_batch, left_pad, prompt_ids
 
 
@@ -30,7 +31,7 @@ def rows(llm):
     texts = [i.text for i in synthetic.instructions()]
     users = texts[:16] + [stretched(text, rng) for text in texts[8:24]]
     rng.shuffle(users)
-    return prompt_ids(tokenizer, SYSTEM, users)
+    return prompt_ids(tokenizer, HELPFUL_SYSTEM, users)
 
 
 def test_left_pad_puts_padding_before_the_prompt():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fe_train.config.checks import require
+from fe_train.config.prompts import EMOTION_TURN, SER_QUESTION
 
 EMOTION_SOURCES = ("extractor", "random_word", "true_word")
 CONTENT_SOURCES = ("speech", "transcript")
@@ -30,7 +31,7 @@ class EmotionConfig:
     """An ``emotion_extractor.safetensors`` export to start from ('' for a fresh init; stage 2b takes stage 2a's)."""
     init_ser_head: str = ""
     """A ``ser_head.safetensors`` export to start the SER head from ('' for a fresh init)."""
-    ser_user: str = "<speech>(with a <emotion> emotional tone). What is the emotional tone of the speaker? Answer in one word."
+    ser_user: str = f"{EMOTION_TURN} {SER_QUESTION}"
     """User turn of SER examples (stage 2a, and those mixed into 2b); the target is the label word."""
     emotion_source: str = "extractor"
     """Control: the <emotion> slot holds the extractor's vector (extractor), or the prompt text holds a random label word (random_word) or the true one (true_word)."""

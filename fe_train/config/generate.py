@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fe_train.config.checks import require
+from fe_train.config.prompts import EMOTION_TURN, EMPATHY_SYSTEM, SYSTEM_PROMPTS, named
 from fe_train.config.sections import EMOTIONS, PRECISIONS
 
-EMPATHY_SYSTEM = ("You are an empathetic spoken chatbot. Please provide a very short but helpful response to the user "
-                  "with empathy toward the user's emotional tone.")
 LLM_PLACEMENTS = ("replicate", "zero3")
 
 
@@ -39,8 +38,8 @@ class GenerateConfig:
     batches_per_part: int = 8
     """Batches a rank generates before writing them as one jsonl part (the work lost to a kill, at most)."""
     empathy_system: str = EMPATHY_SYSTEM
-    """System prompt of the empathy task."""
-    empathy_user: str = "<speech>(with a <emotion> emotional tone)."
+    """System prompt of the empathy task (or a name of ``SYSTEM_PROMPTS``: ``empathy``)."""
+    empathy_user: str = EMOTION_TURN
     """User turn of the empathy task: ``<speech>`` becomes the instruction text, ``<emotion>`` the pseudo label word."""
     label_shards: str = ""
     """SER training shards whose ``emotion`` counts give the pseudo-label distribution (the recipe's default)."""
@@ -48,6 +47,7 @@ class GenerateConfig:
     """Pseudo-label weights in the order of EMOTIONS, instead of label_shards (e.g. [1, 1, 1, 1, 1])."""
 
     def __post_init__(self):
+        self.empathy_system = named(self.empathy_system, SYSTEM_PROMPTS)
         require(self.llm_placement in LLM_PLACEMENTS, "generate.llm_placement", self.llm_placement, f"one of {LLM_PLACEMENTS}")
         require(self.precision in PRECISIONS, "generate.precision", self.precision, f"one of {PRECISIONS}")
         for key in ("batch_size", "max_new_tokens", "batches_per_part"):

@@ -6,10 +6,13 @@ import signal
 from dataclasses import dataclass, field
 
 from fe_train.config.checks import require
+from fe_train.config.prompts import HELPFUL_SYSTEM, SYSTEM_PROMPTS, USER_TURNS, named
 
 PRECISIONS = ("bf16", "fp32")
 EMOTIONS = ("angry", "surprised", "happy", "sad", "neutral")
 """The five emotion classes, in the order of the released FreezeEmpath code."""
+SAMPLE_RATE_HZ = 16000
+"""The rate Whisper hears: shards store audio at it by default and the encoder's features assume it."""
 
 
 @dataclass
@@ -38,16 +41,19 @@ class ModelConfig:
 
 @dataclass
 class PromptConfig:
-    system: str = "You are a helpful assistant."
-    """System prompt of the chat template ('' for none)."""
-    user_speech: str = "<speech>"
-    """User turn when the instruction is spoken; ``<speech>`` marks the adapter's soft tokens."""
+    system: str = HELPFUL_SYSTEM
+    """System prompt of the chat template ('' for none), or a name of ``SYSTEM_PROMPTS``: ``helpful``, ``empathy``."""
+    user_speech: str = USER_TURNS["speech"]
+    """User turn when the instruction is spoken; ``<speech>`` marks the adapter's soft tokens. Or a name of
+    ``USER_TURNS``: ``speech``, ``emotion`` (``<speech>(with a <emotion> emotional tone).``)."""
     user_text: str = "{text}"
     """User turn when the instruction is text (target generation, transcript control)."""
     max_reply_tokens: int = 256
     """Reply tokens kept per sample (longer replies are cut and counted)."""
 
     def __post_init__(self):
+        self.system = named(self.system, SYSTEM_PROMPTS)
+        self.user_speech = named(self.user_speech, USER_TURNS)
         require(self.max_reply_tokens >= 1, "prompt.max_reply_tokens", self.max_reply_tokens, "an integer >= 1")
 
 
@@ -59,7 +65,7 @@ class DataConfig:
     """Held-out shards evaluated at ``train.eval_every`` steps and at the end ('' for none)."""
     num_workers: int = 2
     """DataLoader worker processes per rank; every worker needs at least one shard."""
-    sample_rate_hz: int = 16000
+    sample_rate_hz: int = SAMPLE_RATE_HZ
     """Rate the encoder expects; audio at another rate is resampled."""
     shuffle: bool = True
     """Shuffle shard order and samples within each shard, anew each epoch from the seed."""

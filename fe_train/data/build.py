@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from fe_train.config import SAMPLE_RATE_HZ
 from fe_train.data import audio
 from fe_train.data.clip import Clip
 from fe_train.data.ledger import Ledger, MergeResult
@@ -48,7 +49,7 @@ class BuildOptions:
     out_dir: Path
     prefix: str = "train"
     """Split (folder and shard-name prefix) of clips that have none of their own."""
-    sample_rate_hz: int = 16000
+    sample_rate_hz: int = SAMPLE_RATE_HZ
     max_count: int = 1000
     """Samples per shard at most."""
     max_bytes: int = 256 << 20

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
+from fe_train.config import SAMPLE_RATE_HZ
+
 LOG_FLOOR = -10.0
 """log10 of the power floor 1e-10, the value of an all-zero frame before normalisation."""
 DYNAMIC_RANGE = 8.0
@@ -34,7 +36,7 @@ class LogMelResult:
 class LogMel:
     """Whisper's log-mel spectrogram (hann window, power 2, slaney mel, log10, 8 dB range)."""
 
-    def __init__(self, n_mels: int, n_frames: int, sample_rate_hz: int = 16000, n_fft: int = 400, hop: int = 160):
+    def __init__(self, n_mels: int, n_frames: int, sample_rate_hz: int = SAMPLE_RATE_HZ, n_fft: int = 400, hop: int = 160):
         self.n_mels = n_mels
         self.n_frames = n_frames
         self.n_fft = n_fft

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from fe_train.config import SAMPLE_RATE_HZ
 from fe_train.data.audio import resample
-
-SAMPLE_RATE_HZ = 16000
 
 COLOURS = {"banana": "yellow", "grass": "green", "sky": "blue", "snow": "white",
            "coal": "black", "tomato": "red", "carrot": "orange", "chocolate": "brown"}

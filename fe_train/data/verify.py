@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fe_train.config import SAMPLE_RATE_HZ
 from fe_train.data import audio
 from fe_train.data.pipeline import iter_shard, resolve_shards
 from fe_train.data.schema import INDEX_NAME, UNITS_EXT, UNITS_FIELD, Meta, SampleError, sample_units
@@ -24,7 +25,7 @@ class ShardReport:
         return not self.problems and self.found == self.expected
 
 
-def verify(directory: str | Path, sample_rate_hz: int = 16000) -> list[ShardReport]:
+def verify(directory: str | Path, sample_rate_hz: int = SAMPLE_RATE_HZ) -> list[ShardReport]:
     """Every shard of a shard folder, or of each split folder of a build folder (``OUT/<split>/``)."""
     directory = Path(directory)
     splits = sorted(p for p in directory.iterdir() if (p / INDEX_NAME).is_file()) if directory.is_dir() else []
