@@ -46,3 +46,26 @@ def test_wandb_that_fails_leaves_training_alone(tmp_path, monkeypatch, caplog):
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
     warnings = [r.getMessage() for r in caplog.records if "wandb stopped" in r.getMessage()]
     assert len(warnings) == 1 and "training goes on, metrics go to metrics.jsonl" in warnings[0], caplog.text
+
+
+def test_wandb_settings_come_from_the_config_when_set_else_the_environment_else_offline(tmp_path, monkeypatch):
+    from fe_train.errors import UserError
+    from fe_train.tracking.tracker import wandb_settings
+
+    unset = Config.load(None).run
+    assert wandb_settings(unset, {}) == ("offline", "fe-train")
+    assert wandb_settings(unset, {"WANDB_MODE": "disabled", "WANDB_PROJECT": "mine"}) == ("disabled", "mine")
+    chosen = Config.load(None, ["run.wandb_mode=online", "run.wandb_project=p"]).run
+    assert wandb_settings(chosen, {"WANDB_MODE": "disabled", "WANDB_PROJECT": "mine"}) == ("online", "p")
+    try:
+        wandb_settings(unset, {"WANDB_MODE": "dryrun-ish"})
+        raise AssertionError("an unknown WANDB_MODE was accepted")
+    except UserError as error:
+        assert "WANDB_MODE='dryrun-ish'" in str(error)
+    # WANDB_MODE=disabled with the config silent: no wandb run, no wandb folder; metrics.jsonl as always.
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    tracker = Tracker(Config.load(None), tmp_path, is_main=True)
+    tracker.log(1, {"train/loss": 1.0})
+    tracker.close()
+    assert tracker.run is None and not (tmp_path / "wandb").exists()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]

@@ -9,6 +9,7 @@ from fe_train.config.checks import require
 from fe_train.config.prompts import HELPFUL_SYSTEM, SYSTEM_PROMPTS, USER_TURNS, named
 
 PRECISIONS = ("bf16", "fp32")
+WANDB_MODES = ("offline", "online", "disabled")
 EMOTIONS = ("angry", "surprised", "happy", "sad", "neutral")
 """The five emotion classes, in the order of the released FreezeEmpath code."""
 SAMPLE_RATE_HZ = 16000
@@ -152,10 +153,10 @@ class RunConfig:
     """Checkpoints, resolved config, metrics.jsonl and plots go here."""
     name: str = ""
     """Run name shown in wandb ('' for the output directory's name)."""
-    wandb_mode: str = "offline"
-    """wandb mode: offline, online or disabled."""
-    wandb_project: str = "fe-train"
-    """wandb project."""
+    wandb_mode: str = ""
+    """wandb mode: offline, online or disabled ('': the environment's WANDB_MODE, else offline)."""
+    wandb_project: str = ""
+    """wandb project ('': the environment's WANDB_PROJECT, else fe-train)."""
     progress_bar: bool = True
     """Show a tqdm bar with loss and samples/s on rank 0."""
     peak_tflops: float = 0.0
@@ -166,7 +167,7 @@ class RunConfig:
     """Signals that make the run save a checkpoint at the next step and exit with status 75 (preemption)."""
 
     def __post_init__(self):
-        require(self.wandb_mode in ("offline", "online", "disabled"), "run.wandb_mode", self.wandb_mode, "offline, online or disabled")
+        require(self.wandb_mode in ("", *WANDB_MODES), "run.wandb_mode", self.wandb_mode, f"one of {WANDB_MODES} or '' (environment)")
         for name in self.checkpoint_signals:
             require(isinstance(name, str) and hasattr(signal, name), "run.checkpoint_signals", name, "signal names such as SIGUSR1")
 

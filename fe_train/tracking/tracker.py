@@ -10,10 +10,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fe_train.config import Config
+from fe_train.config import Config, RunConfig
+from fe_train.config.sections import WANDB_MODES
+from fe_train.errors import UserError
 from fe_train.tracking.wandb_sink import WandbSink
 
 log = logging.getLogger("fe_train")
+
+
+def wandb_settings(run: RunConfig, environ=os.environ) -> tuple[str, str]:
+    """(mode, project): the config's when set, else wandb's own ``WANDB_MODE``/``WANDB_PROJECT``, else offline and
+    fe-train (nothing leaves the machine unless asked)."""
+    mode = run.wandb_mode or environ.get("WANDB_MODE", "") or "offline"
+    if mode not in WANDB_MODES:
+        raise UserError(f"environment WANDB_MODE={mode!r}: expected one of {WANDB_MODES} (or set run.wandb_mode)")
+    return mode, run.wandb_project or environ.get("WANDB_PROJECT", "") or "fe-train"
 
 
 class Tracker:
@@ -28,13 +39,14 @@ class Tracker:
         if not is_main:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.run.wandb_mode != "disabled":
+        mode, project = wandb_settings(cfg.run)
+        if mode != "disabled":
             self.run = WandbSink(dict(
-                project=cfg.run.wandb_project,
+                project=project,
                 name=cfg.run.name or output_dir.name,
                 id=self.wandb_id,
                 resume="allow",
-                mode=cfg.run.wandb_mode,
+                mode=mode,
                 dir=str(output_dir),
                 config=cfg.to_dict(),
                 settings=dict(console="off", silent=True, x_disable_stats=True),
