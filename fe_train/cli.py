@@ -190,7 +190,7 @@ def _build(args) -> int:
     from fe_train.data.stats import Skips
 
     setup_logging(0)
-    corpora.importer(args.corpus)
+    corpus = corpora.canonical(args.corpus)
     overrides = parse_overrides(args.label)
     opts = BuildOptions(
         Path(args.out), prefix=args.prefix, sample_rate_hz=args.sample_rate, max_count=args.max_count,
@@ -198,10 +198,10 @@ def _build(args) -> int:
         seed=args.seed, workers=args.workers, holdout=tuple(Holdout.parse(h) for h in args.holdout),
         holdout_split=args.holdout_split, corpus_splits=not args.no_corpus_splits,
         task_id=args.task_id, task_count=args.task_count,
-        source={"corpus": args.corpus, "root": str(Path(args.root).resolve()), "labels": overrides},
+        source={"corpus": corpus, "root": str(Path(args.root).resolve()), "labels": overrides},
     )
     skips = Skips()
-    result = build(corpora.scan(args.corpus, args.root, skips, overrides), opts, skips)
+    result = build(corpora.scan(corpus, args.root, skips, overrides), opts, skips)
     print(f"task {opts.task_id}/{opts.task_count}: wrote {len(result.written)} of its "
           f"{len(result.plan.slice(opts.task_id, opts.task_count))} shards ({len(result.plan.jobs)} planned) in {args.out}")
     if result.merged.complete:

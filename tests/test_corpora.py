@@ -174,3 +174,22 @@ def _in_order(members: list[str]) -> list[str]:
         if not keys or keys[-1] != key:
             keys.append(key)
     return keys
+
+
+def test_corpus_names_as_people_write_them():
+    assert [corpora.canonical(n) for n in ("CREMA-D", "crema_d", "cremad", "InstructS2S", "RAVDESS")] == \
+        ["cremad", "cremad", "cremad", "instructs2s", "ravdess"]
+    with pytest.raises(UserError, match=r"--corpus 'crema-e': expected one of \['cremad'"):
+        corpora.canonical("crema-e")
+
+
+def test_label_words_without_case():
+    from fe_train.data.labels import IDENTITY, LabelMap, parse_overrides
+    from fe_train.data.schema import SampleError
+
+    labels = LabelMap(IDENTITY, parse_overrides(["Calm=Neutral", "EXC=Drop"]))
+    assert [labels(raw) for raw in ("Angry", " SAD", "neutral", "calm", "CALM")] == ["angry", "sad", "neutral", "neutral", "neutral"]
+    with pytest.raises(SampleError, match="dropped_label:Exc"):
+        labels("Exc")
+    with pytest.raises(SampleError, match="unknown_label"):
+        labels("bored")

@@ -39,10 +39,16 @@ IMPORTERS: dict[str, Importer] = {
 }
 
 
-def importer(name: str) -> Importer:
-    if name not in IMPORTERS:
+def canonical(name: str) -> str:
+    """The importer's key for a corpus name as people write it: case, '-', '_' and spaces aside (CREMA-D: cremad)."""
+    key = "".join(c for c in name.lower() if c not in "-_ ")
+    if key not in IMPORTERS:
         raise UserError(f"--corpus {name!r}: expected one of {sorted(IMPORTERS)}")
-    return IMPORTERS[name]
+    return key
+
+
+def importer(name: str) -> Importer:
+    return IMPORTERS[canonical(name)]
 
 
 def scan(name: str, root: str | Path, skips: Skips, label_overrides: Mapping[str, str | None] = ()) -> Iterator[Clip]:
