@@ -239,7 +239,7 @@ def _verify(args) -> int:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fe-train", description="Train FreezeEmpath's non-frozen parts.")
+    parser = Parser(prog="fe-train", description="Train FreezeEmpath's non-frozen parts.")
     # The deepspeed launcher puts --local_rank=N right after `-m fe_train`, before the subcommand.
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,7 +289,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def shards_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fe-shards", description="Build and verify WebDataset shards.")
+    parser = Parser(prog="fe-shards", description="Build and verify WebDataset shards.")
     sub = parser.add_subparsers(dest="command", required=True)
     from fe_train.data.build import BuildOptions
 
@@ -332,6 +332,28 @@ def shards_main(argv: list[str] | None = None) -> int:
     verify.add_argument("directory")
     verify.set_defaults(run=_verify)
     return _dispatch(parser, argv)
+
+
+class DefaultsHelp(argparse.HelpFormatter):
+    """Help that ends with each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, [], "", argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """Every command's parser: ``--help`` shows each option's default, ``--version`` the package's."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelp)
+        super().__init__(*args, **kwargs)
+        if kwargs.get("prog") in ("fe-train", "fe-shards"):
+            from fe_train import __version__
+
+            self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
 
 def _dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

@@ -67,3 +67,14 @@ def test_resume_with_another_global_batch_size_is_refused(assets, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert last_line(proc) == ("error: config train.global_batch_size = 32: checkpoint step00000001 counts its 1 steps "
                                "in batches of 16; resume with 16, or start a new run from its exports"), proc.stderr[-2000:]
+
+
+def test_version_and_defaults_in_help(capsys):
+    from fe_train import __version__
+    from fe_train.cli import shards_main, train_main
+
+    for main, argv, expected in ((train_main, ["--version"], f"fe-train {__version__}"),
+                                 (shards_main, ["build", "--help"], "(default: 1000)")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 0 and expected in " ".join(capsys.readouterr().out.split()), argv
