@@ -20,13 +20,13 @@ import time
 
 import torch
 
-from fe_train.cli import setup_logging
+from fe_train.config import HELPFUL_SYSTEM
 from fe_train.data import synthetic
 from fe_train.fixtures import tiny
-from fe_train.config import HELPFUL_SYSTEM
 from fe_train.fixtures.assets import stretched
 from fe_train.generate.plan import GenerationPlan, Item
 from fe_train.generate.replies import Sampling, eos_ids, generate_batch, prompt_ids
+from fe_train.launch.logs import setup_logging
 
 
 def tiny_llm(out_dir: str, pretrain_steps: int):

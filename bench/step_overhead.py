@@ -21,12 +21,12 @@ import time
 import torch
 
 from fe_train import stages
-from fe_train.cli import setup_logging
 from fe_train.config import Config
 from fe_train.data.pipeline import build_loader
 from fe_train.engine.build import barrier
 from fe_train.engine.loop import to_device
 from fe_train.launch.env import from_environ
+from fe_train.launch.logs import setup_logging
 from fe_train.stages import runner
 
 out_path, config_path, *overrides = sys.argv[1:]

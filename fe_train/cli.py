@@ -14,52 +14,10 @@ import sys
 from pathlib import Path
 
 from fe_train.errors import UserError
+from fe_train.launch.logs import setup_logging, setup_rank
 
 PREEMPTED_EXIT = 75
 """Exit status of a run stopped by a checkpoint signal (EX_TEMPFAIL): the job should be requeued."""
-
-
-class StderrHandler(logging.StreamHandler):
-    """Writes to the ``sys.stderr`` of the moment a record is emitted, not of the moment the handler was made.
-
-    A command run in-process (tests, notebooks) may set up logging while ``sys.stderr`` is a stream that is
-    closed later (pytest's capture); a handler bound to it would raise "I/O operation on closed file"
-    at every later record.
-    """
-
-    def __init__(self) -> None:
-        logging.Handler.__init__(self)
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-
-def setup_logging(rank: int = 0) -> None:
-    level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-                        handlers=[StderrHandler()], force=True)
-    logging.getLogger("fe_train.launch").setLevel(logging.INFO)  # every rank says who and where it is
-    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        hf_logging.disable_default_handler()  # bound to sys.stderr when made, like any StreamHandler
-        hf_logging.enable_propagation()  # to the StderrHandler above
-    except ImportError:
-        pass
-
-
-def setup_rank(rank: int) -> None:
-    """A distributed command's process: logging, and every thread's stack printed if it is terminated."""
-    from fe_train.launch import preemption
-
-    setup_logging(rank)
-    preemption.print_stacks_on_sigterm()
 
 
 def _train(args) -> int:
@@ -69,13 +27,14 @@ def _train(args) -> int:
     cfg = Config.load(args.config, args.overrides)
     preemption.install(cfg.run.checkpoint_signals)  # before the slow imports and loads: a notice must not kill us
     from fe_train import stages
+    from fe_train.eval.runner import training_evaluators
     from fe_train.launch.env import from_environ
     from fe_train.stages import runner
 
     launch = from_environ()
     setup_rank(launch.rank)
     logging.getLogger("fe_train.launch").info("%s", launch.describe())
-    outcome = runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=args.resume)
+    outcome = runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=args.resume, evaluators=training_evaluators)
     if outcome.state.preempted:
         if launch.is_main:
             print(f"preempted: checkpoint {outcome.checkpoint} at step {outcome.state.step}; rerun with --resume")
@@ -118,8 +77,8 @@ def _eval_ser(args) -> int:
 
     from fe_train import stages
     from fe_train.config import Config
+    from fe_train.eval.exports import evaluate
     from fe_train.launch.env import from_environ
-    from fe_train.stages.evaluate import evaluate
 
     launch = from_environ()
     setup_rank(launch.rank)

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from conftest import REPO, torchrun
-from fe_train.cli import setup_logging
+from fe_train.launch.logs import setup_logging
 
 
 def test_records_go_to_the_stderr_of_the_moment(monkeypatch):

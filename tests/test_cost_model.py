@@ -81,10 +81,9 @@ def paper_models(tmp_path_factory):
 @pytest.mark.parametrize("preset", ["stage1_paper", "stage2a_paper", "stage2b_paper"])
 def test_paper_presets_hold_the_fastest_plan_that_fits(paper_models, preset):
     """On 80 GB GPUs at 1024 tokens, 8 to 32 of them: the preset's ds_config is what `fe-train plan` recommends."""
+    from conftest import REPO
     from fe_train.config import Config
     from fe_train.engine.memory import workload_for
-
-    from conftest import REPO
 
     cfg = Config.load(str(REPO / "configs" / f"{preset}.yaml"),
                       [f"model.llm_path={paper_models / 'llm'}", f"model.encoder_path={paper_models / 'whisper'}"])

@@ -16,14 +16,15 @@ from fe_train.data.collate import Collate
 from fe_train.data.features import LogMel
 from fe_train.data.pipeline import Example
 from fe_train.data.prompt import IGNORE, SLOTS, PromptLayout
+from fe_train.data.speech_input import encoder_frames, speech_token_count
 from fe_train.data.user_turn import UserTurn, random_word
 from fe_train.errors import UserError
 from fe_train.fixtures import tiny
-from fe_train.model.adapter import StackFFNAdapter, speech_token_count
+from fe_train.model.adapter import StackFFNAdapter
 from fe_train.model.emotion_extractor import AttentionPool, EmotionExtractor, LayerGate
 from fe_train.model.freezeempath import FreezeEmpath
 from fe_train.model.ser_head import SERHead
-from fe_train.model.speech_encoder import WhisperSpeechEncoder, encoder_frames
+from fe_train.model.speech_encoder import WhisperSpeechEncoder
 
 TEMPLATE = "<speech>(with a <emotion> emotional tone). what is the tone ?"
 

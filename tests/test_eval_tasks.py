@@ -136,11 +136,11 @@ def test_vocoder_plug_in_point(tmp_path):
 def test_label_controls_write_the_label_word_and_transcript_drops_the_audio(assets, qa_shards):
     from fe_train.config import EVAL_CONTROLS, Config
     from fe_train.data.pipeline import iter_shard, resolve_shards
+    from fe_train.data.speech_input import read_meta
     from fe_train.eval.controls import CONTROLS, random_label
     from fe_train.eval.tasks import SpokenPrompt
     from fe_train.model.frozen_llm import load_tokenizer
     from fe_train.model.registry import ENCODERS
-    from fe_train.stages.align import read_meta
 
     assert tuple(CONTROLS) == EVAL_CONTROLS
     tokenizer = load_tokenizer(str(assets.llm))

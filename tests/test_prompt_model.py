@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from fe_train.data.prompt import IGNORE, PromptLayout
+from fe_train.data.speech_input import speech_token_count
 from fe_train.fixtures import tiny
-from fe_train.model.adapter import StackFFNAdapter, speech_token_count
+from fe_train.model.adapter import StackFFNAdapter
 from fe_train.model.splice import splice, valid_rows
 
 

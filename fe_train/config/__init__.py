@@ -20,8 +20,8 @@ from fe_train.config.decoder import DecoderConfig
 from fe_train.config.emotion import CONTENT_SOURCES, EMOTION_SOURCES, EmotionConfig
 from fe_train.config.evaluation import EVAL_CONTROLS, EVAL_PLACEMENTS, EvalConfig
 from fe_train.config.generate import LLM_PLACEMENTS, GenerateConfig
-from fe_train.config.prompts import EMOTION_TURN, EMPATHY_SYSTEM, HELPFUL_SYSTEM
 from fe_train.config.loading import from_tree, merge_overrides, read_yaml
+from fe_train.config.prompts import EMOTION_TURN, EMPATHY_SYSTEM, HELPFUL_SYSTEM
 from fe_train.config.sections import (
     EMOTIONS,
     PRECISIONS,

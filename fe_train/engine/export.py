@@ -6,10 +6,8 @@ import shutil
 from pathlib import Path
 
 import deepspeed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
-
-from fe_train.errors import UserError
 
 
 def export_modules(model: nn.Module, names: tuple[str, ...], out_dir: str | Path, is_main: bool) -> list[Path]:
@@ -46,13 +44,3 @@ def _save_pretrained(module: nn.Module, tensors: dict, path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     tmp.replace(path)
     return path
-
-
-def load_module(module: nn.Module, path: str, key: str) -> None:
-    """Load an export into a module that is not yet partitioned (before the engine is built)."""
-    if not Path(path).is_file():
-        raise UserError(f"config {key} = {path!r}: no such file (expected an export such as adapter.safetensors)")
-    state = load_file(path)
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{path}: does not fit the configured module (missing {missing[:3]}, unexpected {unexpected[:3]})")

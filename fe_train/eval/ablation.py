@@ -20,9 +20,9 @@ from pathlib import Path
 from fe_train.data.pipeline import resolve_shards
 from fe_train.errors import UserError
 from fe_train.eval.checkpoints import load_config
+from fe_train.eval.registry import task_class
 from fe_train.eval.report import markdown_table, write_report
 from fe_train.eval.runner import place, score_stream, start, task_stream, write_outputs
-from fe_train.eval.tasks import task_class
 from fe_train.launch.env import LaunchEnv
 
 

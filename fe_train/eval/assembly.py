@@ -4,10 +4,10 @@
 trained ``modules`` (names of exported modules), each loaded from the config's
 init keys (``fe_train.eval.checkpoints.INIT_KEYS``):
 
-- the adapter (stage 1): ``FreezeEmpath`` as ``fe_train.stages.align`` builds it;
-- with the emotion extractor and SER head (stage 2): as ``fe_train.stages.ser`` builds it;
+- the adapter (stage 1): ``FreezeEmpath`` from ``fe_train.model.assembly.speech_llm``;
+- with the emotion extractor and SER head (stage 2): the same, with ``emotion``;
 - with the speech decoder and fusion (stage 3): that speech LLM inside a ``SpokenReply``,
-  the decoder and fusion from ``fe_train.stages.decoder_pretrain.build_decoder``.
+  the decoder and fusion from ``fe_train.model.assembly.decoder_parts``.
 
 Every weight is frozen: evaluation never trains. As in the recipes, the LLM comes
 from ``partitioned().load_causal_lm`` so that ZeRO-3 placement loads it partitioned.
@@ -20,12 +20,11 @@ import logging
 from torch import nn
 
 from fe_train.config import Config
-from fe_train.engine.export import load_module
 from fe_train.errors import UserError
+from fe_train.model import assembly
 from fe_train.model.freezeempath import FreezeEmpath
+from fe_train.model.frozen_llm import load_tokenizer
 from fe_train.model.spoken_reply import SpokenReply
-from fe_train.stages import align, ser
-from fe_train.stages.decoder_pretrain import build_decoder
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +41,12 @@ def build(cfg: Config, modules: set[str], dtype, partitioned) -> tuple[nn.Module
         if len(missing) < len(names) and missing:
             raise UserError(f"the checkpoints export {sorted(set(names) - set(missing))} but not {missing}: "
                             f"give the run that exported every {stage} module as --ckpt")
-    if "emotion_extractor" in modules:
-        model, tokenizer = ser.build_model(cfg, dtype, partitioned)
-    else:
-        model, tokenizer = align.build_model(cfg, dtype, partitioned)
-        load_module(model.adapter, cfg.train.init_adapter, "train.init_adapter")
+    if not cfg.train.init_adapter:
+        raise UserError("config train.init_adapter is empty: the checkpoints name no adapter export to load")
+    model = assembly.speech_llm(cfg, dtype, partitioned, load_adapter=True, emotion="emotion_extractor" in modules)
+    tokenizer = load_tokenizer(cfg.model.llm_path)
     if "decoder" in modules:
-        model = SpokenReply(model, *build_decoder(cfg.decoder, model.llm, tokenizer, dtype))
+        model = SpokenReply(model, *assembly.decoder_parts(cfg.decoder, model.llm, tokenizer, dtype))
     model.requires_grad_(False)
     log.info("assembled %s from %s", type(model).__name__, ", ".join(sorted(modules)))
     return model, tokenizer

@@ -6,12 +6,7 @@ import argparse
 from pathlib import Path
 
 from fe_train.errors import UserError
-
-
-def _logging(rank: int) -> None:
-    from fe_train.cli import setup_logging
-
-    setup_logging(rank)
+from fe_train.launch.logs import setup_logging
 
 
 def _eval(args) -> int:
@@ -19,7 +14,7 @@ def _eval(args) -> int:
     from fe_train.launch.env import from_environ
 
     launch = from_environ()
-    _logging(launch.rank)
+    setup_logging(launch.rank)
     result = evaluate(args.task, args.ckpt, args.shards, args.out, launch, args.config, args.overrides)
     if result is not None:
         print((Path(args.out) / f"{args.task}.md").read_text(), end="")
@@ -32,7 +27,7 @@ def _eval_ablate(args) -> int:
     from fe_train.launch.env import from_environ
 
     launch = from_environ()
-    _logging(launch.rank)
+    setup_logging(launch.rank)
     if ablate(args.ablated, args.ckpt, args.shards, args.out, launch, args.config, args.overrides) is not None:
         print((Path(args.out) / "ablation.md").read_text(), end="")
         print(f"results: {Path(args.out) / 'ablation'}.json, .md; each control's own results in {args.out}/<control>/")
@@ -45,7 +40,7 @@ def _infer(args) -> int:
     from fe_train.launch.env import from_environ
 
     launch = from_environ()
-    _logging(launch.rank)
+    setup_logging(launch.rank)
     result = infer(args.ckpt, args.audio, args.out, device_for(launch), args.config, args.overrides)
     print("\n".join(result.lines()))
     print(f"results: {Path(args.out) / 'infer.json'}" + (f"; speech: {result.wave}" if result.wave else ""))

@@ -17,12 +17,12 @@ from collections import Counter
 from fe_train.config import Config
 from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.schema import SampleError
+from fe_train.data.speech_input import read_meta
 from fe_train.eval.assembly import speech_llm
 from fe_train.eval.empathy import judge_record
 from fe_train.eval.gather import real_rows
 from fe_train.eval.report import markdown_table
 from fe_train.eval.tasks import Replier, SpokenPrompt
-from fe_train.stages.align import read_meta
 
 
 class EmpathyTask:

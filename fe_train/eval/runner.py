@@ -24,8 +24,9 @@ from fe_train.eval import assembly
 from fe_train.eval.checkpoints import load_config
 from fe_train.eval.gather import gather_records, repeated_keys
 from fe_train.eval.placement import PLACEMENTS, PlacedModel
+from fe_train.eval.registry import task_class
 from fe_train.eval.report import write_report
-from fe_train.eval.tasks import run_task, task_class
+from fe_train.eval.tasks import run_task
 from fe_train.launch.env import LaunchEnv
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ import torch
 from fe_train.config import EMOTIONS, Config
 from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.schema import SampleError
+from fe_train.data.speech_input import read_meta
 from fe_train.eval.assembly import speech_llm
 from fe_train.eval.confusion import plot_confusion
 from fe_train.eval.controls import extractor_fills_slot
@@ -30,7 +31,6 @@ from fe_train.eval.gather import real_rows
 from fe_train.eval.report import markdown_table, percent
 from fe_train.eval.ser_metrics import predictions_from, ser_metrics
 from fe_train.eval.tasks import Replier, SpokenPrompt, bootstrap_of
-from fe_train.stages.align import read_meta
 
 READERS = ("word", "head")
 """Record fields holding a prediction; ``head`` joins when the model has an SER head."""

@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from fe_train.config import Config
 from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.schema import SampleError
+from fe_train.data.speech_input import read_meta
 from fe_train.eval.assembly import speech_llm
 from fe_train.eval.bootstrap import Bootstrap
 from fe_train.eval.gather import real_rows
 from fe_train.eval.report import confidence_label, markdown_table, percent
 from fe_train.eval.tasks import Replier, SpokenPrompt, bootstrap_of
-from fe_train.stages.align import read_meta
 
 ARTICLES = frozenset({"a", "an", "the"})
 UNITS = {w: i for i, w in enumerate(

@@ -1,4 +1,4 @@
-"""Evaluation tasks: what every task shares, and the registry keyed by the names the CLI and ``eval.tasks`` use.
+"""Evaluation tasks: what every task shares (the registry by name: ``fe_train.eval.registry``).
 
 A task is made per run with ``(cfg, model, tokenizer, synced)`` and provides
 ``build(raw) -> Example`` (the shard sample as a prompt-only example; a sample it
@@ -20,10 +20,11 @@ from fe_train.config import Config
 from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.prompt import PromptLayout
 from fe_train.data.schema import Meta
+from fe_train.data.speech_input import SpeechInput
 from fe_train.eval.bootstrap import Bootstrap
 from fe_train.eval.controls import CONTROLS, check_control
+from fe_train.eval.speech_replies import reply_to_batch
 from fe_train.generate.replies import Sampling, decode, eos_ids
-from fe_train.stages.align import SpeechInput
 
 
 def bootstrap_of(cfg: Config) -> Bootstrap:
@@ -56,15 +57,12 @@ class Replier:
     """Greedy replies (``eval.max_new_tokens``) of a ``FreezeEmpath`` model to a batch's prompts, decoded."""
 
     def __init__(self, cfg: Config, model, tokenizer, synced: bool):
-        from fe_train.eval.speech_replies import reply_to_batch
-
-        self.reply_to_batch = reply_to_batch
         self.tokenizer, self.synced = tokenizer, synced
         self.sampling = Sampling(max_new_tokens=cfg.eval.max_new_tokens)
         self.eos = eos_ids(model.llm, tokenizer)
 
     def __call__(self, model, batch: dict) -> list[str]:
-        replies = self.reply_to_batch(model, batch, self.sampling, self.eos, self.tokenizer.pad_token_id, self.synced)
+        replies = reply_to_batch(model, batch, self.sampling, self.eos, self.tokenizer.pad_token_id, self.synced)
         return [decode(self.tokenizer, reply) for reply in replies]
 
 
@@ -81,15 +79,3 @@ def run_task(task, model, batches: Iterable[dict], device: torch.device) -> tupl
         skipped.update(batch.get("skipped", {}))
         records += task.score(model, to_device(batch, device))
     return records, skipped
-
-
-def task_class(name: str):
-    from fe_train.errors import UserError
-    from fe_train.eval.empathy_replies import EmpathyTask
-    from fe_train.eval.ser import SERTask
-    from fe_train.eval.spokenqa import SpokenQATask
-
-    tasks = {"spokenqa": SpokenQATask, "ser": SERTask, "empathy": EmpathyTask}
-    if name not in tasks:
-        raise UserError(f"evaluation task {name!r}: expected one of {sorted(tasks)}")
-    return tasks[name]

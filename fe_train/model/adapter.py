@@ -6,10 +6,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-
-def speech_token_count(encoder_frames: int | torch.Tensor, stack_frames: int):
-    """Soft tokens for a clip: whole groups of ``stack_frames`` encoder frames (the tail is dropped)."""
-    return encoder_frames // stack_frames
+from fe_train.data.speech_input import speech_token_count
 
 
 class StackFFNAdapter(nn.Module):

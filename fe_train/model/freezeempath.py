@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fe_train.data.prompt import IGNORE, SLOTS
+from fe_train.data.speech_input import encoder_frames
 from fe_train.model.next_token_loss import next_token_loss
-from fe_train.model.speech_encoder import encoder_frames
 from fe_train.model.splice import splice, valid_rows
 
 SPEECH_SLOT = SLOTS["<speech>"]

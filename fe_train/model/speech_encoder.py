@@ -63,8 +63,3 @@ class WhisperSpeechEncoder(nn.Module):
         finally:
             self._block_outputs = None
         return states, blocks
-
-
-def encoder_frames(audio_frames: torch.Tensor) -> torch.Tensor:
-    """Encoder frames of real audio for mel frame counts (the second conv halves, rounding up)."""
-    return (audio_frames + 1) // 2

@@ -14,13 +14,11 @@ from __future__ import annotations
 from fe_train.config import Config
 from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.prompt import PromptLayout
-from fe_train.engine.export import load_module
-from fe_train.model.freezeempath import FreezeEmpath
+from fe_train.data.speech_input import SpeechInput
+from fe_train.model import assembly
 from fe_train.model.frozen_llm import load_tokenizer
-from fe_train.model.registry import ADAPTERS, ENCODERS, lookup
 from fe_train.model.spoken_reply import SpokenReply
-from fe_train.stages.align import SpeechInput
-from fe_train.stages.decoder_pretrain import DecoderRows, build_decoder, reply_meta
+from fe_train.stages.decoder_pretrain import DecoderRows, reply_meta
 
 name = "decoder_joint"
 trains = ("decoder", "fusion")
@@ -28,16 +26,9 @@ llm_backward = False  # the frozen LLM runs forward only (FLOP count)
 
 
 def build_model(cfg: Config, dtype, partitioned):
-    m = cfg.model
-    # NOTE(transformers): the encoder is loaded whole, as in stage 1 (Whisper's init fails under zero.Init).
-    encoder = lookup(ENCODERS, m.encoder, "model.encoder")(m.encoder_path, dtype)
-    llm = partitioned().load_causal_lm(m.llm_path, dtype)
-    adapter = lookup(ADAPTERS, m.adapter, "model.adapter")(encoder.hidden_size, llm.config.hidden_size, m)
-    if cfg.train.init_adapter:
-        load_module(adapter, cfg.train.init_adapter, "train.init_adapter")
-    tokenizer = load_tokenizer(m.llm_path)
-    speech_llm = FreezeEmpath(llm, encoder=encoder, adapter=adapter)
-    return SpokenReply(speech_llm, *build_decoder(cfg.decoder, llm, tokenizer, dtype)), tokenizer
+    speech_llm = assembly.speech_llm(cfg, dtype, partitioned, load_adapter=True)
+    tokenizer = load_tokenizer(cfg.model.llm_path)
+    return SpokenReply(speech_llm, *assembly.decoder_parts(cfg.decoder, speech_llm.llm, tokenizer, dtype)), tokenizer
 
 
 def example_builder(cfg: Config, model: SpokenReply, tokenizer):

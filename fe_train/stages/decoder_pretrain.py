@@ -17,14 +17,11 @@ from fe_train.data.interleave import UnitSequence, unit_sequence
 from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.prompt import IGNORE, Layout, PromptLayout
 from fe_train.data.schema import Meta, SampleError, sample_units
-from fe_train.engine.export import load_module
-from fe_train.model.freezeempath import FreezeEmpath
+from fe_train.data.speech_input import read_meta
+from fe_train.model import assembly
 from fe_train.model.frozen_llm import load_tokenizer
-from fe_train.model.fusion import GatedFusion
-from fe_train.model.registry import FUSION_PROJECTIONS, lookup
-from fe_train.model.speech_decoder import LoraSettings, SpeechDecoder
+from fe_train.model.speech_decoder import SpeechDecoder
 from fe_train.model.spoken_reply import SpokenReply
-from fe_train.stages.align import read_meta
 
 name = "decoder_pretrain"
 trains = ("decoder", "fusion")
@@ -32,25 +29,9 @@ llm_backward = False  # the frozen LLM runs forward only (FLOP count)
 
 
 def build_model(cfg: Config, dtype, partitioned):
-    llm = partitioned().load_causal_lm(cfg.model.llm_path, dtype)
+    text_llm = assembly.text_llm(cfg, dtype, partitioned)
     tokenizer = load_tokenizer(cfg.model.llm_path)
-    return SpokenReply(FreezeEmpath(llm), *build_decoder(cfg.decoder, llm, tokenizer, dtype)), tokenizer
-
-
-def build_decoder(d: DecoderConfig, llm, tokenizer, dtype) -> tuple[SpeechDecoder, GatedFusion]:
-    """The speech decoder (from ``decoder.path``, optionally LoRA-wrapped) and the fusion into it."""
-    lora = None
-    if d.lora:
-        lora = LoraSettings(d.lora_rank, d.lora_alpha, d.lora_dropout, tuple(d.lora_targets), tuple(d.lora_modules_to_save))
-    # NOTE(deepspeed): the decoder (0.5B in the paper) is built whole, outside zero.Init, so that its vocabulary
-    # can be resized and peft can wrap it; deepspeed.initialize partitions it like the adapter.
-    decoder = SpeechDecoder.from_pretrained(d.path, d.n_units, len(tokenizer), dtype, lora)
-    projection = lookup(FUSION_PROJECTIONS, d.fusion, "decoder.fusion")(
-        llm.config.hidden_size, decoder.hidden_size, d.fusion_hidden_dim)
-    fusion = GatedFusion(projection, decoder.hidden_size)
-    if d.init_fusion:
-        load_module(fusion, d.init_fusion, "decoder.init_fusion")
-    return decoder, fusion
+    return SpokenReply(text_llm, *assembly.decoder_parts(cfg.decoder, text_llm.llm, tokenizer, dtype)), tokenizer
 
 
 def example_builder(cfg: Config, model: SpokenReply, tokenizer):

@@ -20,10 +20,10 @@ from __future__ import annotations
 from fe_train.config import Config
 from fe_train.data.pairs import PAIR_KEY, PairLayout, PairStream
 from fe_train.data.pipeline import resolve_shards
+from fe_train.data.speech_input import read_meta
 from fe_train.errors import UserError
 from fe_train.model.freezeempath import FreezeEmpath
 from fe_train.stages import ser
-from fe_train.stages.align import read_meta
 
 name = "empathy"
 trains = ("emotion_extractor", "ser_head")

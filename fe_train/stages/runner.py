@@ -27,7 +27,6 @@ from fe_train.engine.export import export_modules
 from fe_train.engine.loop import Trainer, total_steps
 from fe_train.engine.universal import convert, enable_universal_load
 from fe_train.errors import UserError
-from fe_train.eval.runner import training_evaluators
 from fe_train.launch.env import LaunchEnv
 from fe_train.model.freezing import set_trainable
 from fe_train.tracking.flops import FlopCounter, peak_flops
@@ -92,8 +91,15 @@ class Hooks:
     after_train: Callable | None = None
 
 
-def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, hooks: Hooks | None = None) -> Outcome:
-    """Train ``recipe`` from ``cfg`` on this rank; ``resume`` continues the latest checkpoint."""
+def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, hooks: Hooks | None = None,
+        evaluators: Callable | None = None) -> Outcome:
+    """Train ``recipe`` from ``cfg`` on this rank; ``resume`` continues the latest checkpoint.
+
+    ``evaluators(cfg, model, tokenizer, eval_shards, launch)`` makes the evaluation tasks of ``eval.tasks`` run at each
+    evaluation (``fe-train train`` passes ``fe_train.eval.runner.training_evaluators``); without it none may be asked for.
+    """
+    if cfg.eval.tasks and evaluators is None:
+        raise UserError(f"config eval.tasks = {cfg.eval.tasks}: this entry point runs no evaluation task (use fe-train train)")
     out = Path(cfg.run.output_dir)
     store = CheckpointStore(out, launch.rank, cfg.train.keep_last)
     tag = store.latest_tag()
@@ -103,7 +109,8 @@ def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, hooks: Hoo
     eval_shards = resolve_shards(cfg.data.eval_shards, "data.eval_shards") if cfg.data.eval_shards else None
     device = init_distributed(launch, cfg)
     try:
-        outcome = _train(recipe, cfg, launch, device, store, tag if resume else None, shards, eval_shards, hooks or Hooks())
+        outcome = _train(recipe, cfg, launch, device, store, tag if resume else None, shards, eval_shards, hooks or Hooks(),
+                         evaluators)
     except BaseException:
         shutdown(synchronize=False)
         raise
@@ -111,7 +118,7 @@ def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, hooks: Hoo
     return outcome
 
 
-def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: Hooks) -> Outcome:
+def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: Hooks, make_evaluators) -> Outcome:
     ds = ds_config.resolve(cfg, launch.world_size)
     torch.manual_seed(cfg.train.seed)  # identical trainable init on every rank and world size
     model, tokenizer = recipe.build_model(cfg, compute_dtype(cfg), lambda: PartitionedBuild(ds))
@@ -154,7 +161,7 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: 
         cfg.save(out / "config.yaml")
     tracker = Tracker(cfg, out, launch.is_main, wandb_id=state.wandb_id)
     flops = FlopCounter.for_model(model, llm_backward=getattr(recipe, "llm_backward", True))
-    evaluators = training_evaluators(cfg, model, tokenizer, eval_shards, launch)
+    evaluators = make_evaluators(cfg, model, tokenizer, eval_shards, launch) if make_evaluators else []
     trainer = Trainer(engine, stream, eval_stream, cfg, launch, device, tracker, store, state, digest,
                       flops=flops.micro_batch, peak=peak_flops(device, cfg.run.peak_tflops), evaluators=evaluators)
     if hooks.before_train is not None:

@@ -18,15 +18,12 @@ from fe_train.config import EMOTIONS, Config
 from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.prompt import PromptLayout
 from fe_train.data.schema import Meta, SampleError
+from fe_train.data.speech_input import SpeechInput, read_meta
 from fe_train.data.user_turn import UserTurn
-from fe_train.engine.export import load_module
 from fe_train.errors import UserError
-from fe_train.model.emotion_extractor import EmotionExtractor
+from fe_train.model import assembly
 from fe_train.model.freezeempath import FreezeEmpath
 from fe_train.model.frozen_llm import load_tokenizer
-from fe_train.model.registry import ADAPTERS, EMOTION_MIXES, EMOTION_POOLS, ENCODERS, lookup
-from fe_train.model.ser_head import SERHead
-from fe_train.stages.align import SpeechInput, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -35,27 +32,11 @@ trains = ("emotion_extractor", "ser_head")
 
 
 def build_model(cfg: Config, dtype, partitioned):
-    m, e = cfg.model, cfg.emotion
-    if not cfg.train.init_adapter and e.content_source == "speech":
+    if not cfg.train.init_adapter and cfg.emotion.content_source == "speech":
         raise UserError("config train.init_adapter is empty: stage 2 reads speech through the stage-1 adapter "
                         "(give its export, e.g. runs/stage1/export/adapter.safetensors)")
-    encoder = lookup(ENCODERS, m.encoder, "model.encoder")(m.encoder_path, dtype)  # whole: see align.build_model
-    llm = partitioned().load_causal_lm(m.llm_path, dtype, m.llm_activation_checkpointing)
-    width = llm.config.hidden_size
-    adapter = lookup(ADAPTERS, m.adapter, "model.adapter")(encoder.hidden_size, width, m)
-    if cfg.train.init_adapter:
-        load_module(adapter, cfg.train.init_adapter, "train.init_adapter")
-    mix = lookup(EMOTION_MIXES, e.layer_mix, "emotion.layer_mix")(encoder.hidden_size, e)
-    pool = lookup(EMOTION_POOLS, e.pool, "emotion.pool")(encoder.hidden_size, e)
-    extractor = EmotionExtractor(mix, pool, encoder.hidden_size, width, e.hidden_dim, e.mask_padding)
-    head = SERHead(width, len(EMOTIONS))
-    for module, path, key in ((extractor, e.init_extractor, "emotion.init_extractor"), (head, e.init_ser_head, "emotion.init_ser_head")):
-        if path:
-            load_module(module, path, key)
-        else:
-            log.info("%s is empty: %s starts from a fresh init", key, type(module).__name__)
-    model = FreezeEmpath(llm, encoder=encoder, adapter=adapter, emotion_extractor=extractor, ser_head=head, aux_weight=e.aux_weight)
-    return model, load_tokenizer(m.llm_path)
+    model = assembly.speech_llm(cfg, dtype, partitioned, load_adapter=True, emotion=True)
+    return model, load_tokenizer(cfg.model.llm_path)
 
 
 def example_builder(cfg: Config, model: FreezeEmpath, tokenizer):

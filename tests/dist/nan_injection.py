@@ -10,7 +10,7 @@ import sys
 import torch
 
 from fe_train import stages
-from fe_train.cli import setup_logging
+from fe_train.launch.logs import setup_logging
 from fe_train.config import Config
 from fe_train.launch.env import from_environ
 from fe_train.stages import runner

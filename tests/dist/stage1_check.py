@@ -8,7 +8,7 @@ import deepspeed
 import torch
 
 from fe_train import stages
-from fe_train.cli import setup_logging
+from fe_train.launch.logs import setup_logging
 from fe_train.config import Config
 from fe_train.engine.build import compute_dtype
 from fe_train.launch.env import from_environ

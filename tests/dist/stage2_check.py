@@ -11,12 +11,12 @@ import deepspeed
 import torch
 
 from fe_train import stages
-from fe_train.cli import setup_logging
+from fe_train.launch.logs import setup_logging
 from fe_train.config import Config
 from fe_train.data.collate import Collate
 from fe_train.data.pipeline import ShardStream, build_loader, resolve_shards
 from fe_train.data.plan import Geometry
-from fe_train.engine.export import load_module
+from fe_train.model.pretrained import load_module
 from fe_train.eval.ser_score import evaluate_ser
 from fe_train.launch.env import from_environ
 from fe_train.model.adapter import StackFFNAdapter

@@ -12,7 +12,7 @@ import deepspeed
 import torch
 
 from fe_train import stages
-from fe_train.cli import setup_logging
+from fe_train.launch.logs import setup_logging
 from fe_train.config import Config
 from fe_train.launch.env import from_environ
 from fe_train.model.freezing import numel

@@ -4,7 +4,7 @@ import os
 import sys
 import time
 
-from fe_train.cli import setup_rank
+from fe_train.launch.logs import setup_rank
 
 rank = int(os.environ["RANK"])
 setup_rank(rank)

@@ -15,7 +15,7 @@ import torch
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
 from fe_train import stages
-from fe_train.cli import setup_logging
+from fe_train.launch.logs import setup_logging
 from fe_train.config import Config
 from fe_train.launch.env import from_environ
 from fe_train.stages import runner

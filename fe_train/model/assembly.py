@@ -1,0 +1,70 @@
+"""Building the model a config describes: the speech LLM (frozen encoder and LLM, the adapter, the emotion
+extractor and SER head) and the speech decoder with its fusion. Every recipe, evaluation and serving path builds
+through here, each part loaded from its config key when one is given.
+
+The LLM comes from ``partitioned().load_causal_lm`` so that ZeRO-3 placement loads it partitioned; the other parts
+are built whole (see the notes below) and partitioned by ``deepspeed.initialize``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fe_train.config import EMOTIONS, Config, DecoderConfig
+from fe_train.model.emotion_extractor import EmotionExtractor
+from fe_train.model.freezeempath import FreezeEmpath
+from fe_train.model.fusion import GatedFusion
+from fe_train.model.pretrained import load_module
+from fe_train.model.registry import ADAPTERS, EMOTION_MIXES, EMOTION_POOLS, ENCODERS, FUSION_PROJECTIONS, lookup
+from fe_train.model.ser_head import SERHead
+from fe_train.model.speech_decoder import LoraSettings, SpeechDecoder
+
+log = logging.getLogger(__name__)
+
+
+def speech_llm(cfg: Config, dtype, partitioned, *, load_adapter: bool, emotion: bool = False) -> FreezeEmpath:
+    """Encoder, LLM and adapter (from ``train.init_adapter`` when ``load_adapter`` and it is set); with ``emotion``
+    also the extractor and the SER head (from ``emotion.init_extractor`` / ``init_ser_head``, else a fresh init)."""
+    m, e = cfg.model, cfg.emotion
+    # NOTE(transformers): under zero.Init, Whisper's _init_weights builds its sinusoids from the
+    # partitioned (empty) shape and fails; the encoder (0.64B for large-v3) is loaded whole and
+    # deepspeed.initialize partitions it.
+    encoder = lookup(ENCODERS, m.encoder, "model.encoder")(m.encoder_path, dtype)
+    llm = partitioned().load_causal_lm(m.llm_path, dtype, m.llm_activation_checkpointing)
+    width = llm.config.hidden_size
+    adapter = lookup(ADAPTERS, m.adapter, "model.adapter")(encoder.hidden_size, width, m)
+    if load_adapter and cfg.train.init_adapter:
+        load_module(adapter, cfg.train.init_adapter, "train.init_adapter")
+    if not emotion:
+        return FreezeEmpath(llm, encoder=encoder, adapter=adapter)
+    mix = lookup(EMOTION_MIXES, e.layer_mix, "emotion.layer_mix")(encoder.hidden_size, e)
+    pool = lookup(EMOTION_POOLS, e.pool, "emotion.pool")(encoder.hidden_size, e)
+    extractor = EmotionExtractor(mix, pool, encoder.hidden_size, width, e.hidden_dim, e.mask_padding)
+    head = SERHead(width, len(EMOTIONS))
+    for module, path, key in ((extractor, e.init_extractor, "emotion.init_extractor"), (head, e.init_ser_head, "emotion.init_ser_head")):
+        if path:
+            load_module(module, path, key)
+        else:
+            log.info("%s is empty: %s starts from a fresh init", key, type(module).__name__)
+    return FreezeEmpath(llm, encoder=encoder, adapter=adapter, emotion_extractor=extractor, ser_head=head, aux_weight=e.aux_weight)
+
+
+def text_llm(cfg: Config, dtype, partitioned) -> FreezeEmpath:
+    """The LLM alone (stage 3a reads text prompts)."""
+    return FreezeEmpath(partitioned().load_causal_lm(cfg.model.llm_path, dtype, cfg.model.llm_activation_checkpointing))
+
+
+def decoder_parts(d: DecoderConfig, llm, tokenizer, dtype) -> tuple[SpeechDecoder, GatedFusion]:
+    """The speech decoder (from ``decoder.path``, optionally LoRA-wrapped) and the fusion into it."""
+    lora = None
+    if d.lora:
+        lora = LoraSettings(d.lora_rank, d.lora_alpha, d.lora_dropout, tuple(d.lora_targets), tuple(d.lora_modules_to_save))
+    # NOTE(deepspeed): the decoder (0.5B in the paper) is built whole, outside zero.Init, so that its vocabulary
+    # can be resized and peft can wrap it; deepspeed.initialize partitions it like the adapter.
+    decoder = SpeechDecoder.from_pretrained(d.path, d.n_units, len(tokenizer), dtype, lora)
+    projection = lookup(FUSION_PROJECTIONS, d.fusion, "decoder.fusion")(
+        llm.config.hidden_size, decoder.hidden_size, d.fusion_hidden_dim)
+    fusion = GatedFusion(projection, decoder.hidden_size)
+    if d.init_fusion:
+        load_module(fusion, d.init_fusion, "decoder.init_fusion")
+    return decoder, fusion
