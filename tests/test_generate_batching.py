@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from fe_train.data import synthetic
 from fe_train.config import HELPFUL_SYSTEM
+from fe_train.data import synthetic
 from fe_train.fixtures.assets import stretched
 from fe_train.generate.replies import Sampling, eos_ids, generate_batch, left_pad, prompt_ids
 

@@ -3,6 +3,7 @@ the tuning voices (``ser_world.TUNING_VOICES``) and the training voices, word an
 
 Usage: FE_WORLD_SEED=s OMP_NUM_THREADS=t python tests/tune_ser.py OUT [--threads t] [section.key=value ...]
        ... tests/tune_ser.py OUT --steer   (the frozen LLM's tone slot, see steerability())
+       ... tests/tune_ser.py OUT --plain   (stage 2a's objective in one process, see extractor_check())
 
 The held-out folds (``ser_world.FOLDS``) are the tests'; a knob chosen by their figures would be tuned on the test.
 """
@@ -15,12 +16,18 @@ from pathlib import Path
 import torch
 
 from conftest import REPO, build_world, torchrun
+from fe_train import stages
 from fe_train.config import EMOTIONS, Config
 from fe_train.data import synthetic
+from fe_train.data.collate import Collate
+from fe_train.data.pipeline import ShardStream, resolve_shards
+from fe_train.data.plan import Geometry
 from fe_train.data.schema import Meta
 from fe_train.data.writer import encode_sample, write_shards
 from fe_train.fixtures import ser_world
 from fe_train.fixtures.ser_assets import SerAssets
+from fe_train.fixtures.training import Verdict
+from fe_train.model.frozen_llm import load_llm
 
 PRESET = str(REPO / "configs" / "stage2a_tiny.yaml")
 
@@ -68,22 +75,13 @@ def steerability(assets: SerAssets, seed: int, out: Path, steps: int = 400, clip
     FREE vector at ``<emotion>`` (started where a fresh extractor puts it, Adam at the preset's lr) makes the frozen
     LLM answer with their label within ``steps`` steps. A label that no start reaches is a trap of the LLM's tone
     reading: an extractor cannot learn it either."""
-    from fe_train import stages
-    from fe_train.data.collate import Collate
-    from fe_train.data.pipeline import ShardStream, resolve_shards
-    from fe_train.data.plan import Geometry
-    from fe_train.model.freezeempath import EMOTION_SLOT
     from fe_train.eval.ser_score import left_align, prompt_lengths
-    from fe_train.model.frozen_llm import load_llm
-
-    class Whole:
-        def load_causal_lm(self, path, dtype, checkpointing):
-            return load_llm(path, dtype)
+    from fe_train.model.freezeempath import EMOTION_SLOT
 
     cfg = Config.load(PRESET, model_overrides(assets))
     recipe = stages.recipe("ser")
     torch.manual_seed(seed)
-    model, tokenizer = recipe.build_model(cfg, torch.float32, Whole)
+    model, tokenizer = recipe.build_model(cfg, torch.float32, WholeLLM)
     model.eval().requires_grad_(False)
     stream = ShardStream(resolve_shards(str(tuning_shards(seed, out.parent / f"tuning-seed{seed}"))), 0,
                          Geometry(1, 0, clips), cfg.train.seed, False, recipe.example_builder(cfg, model, tokenizer),
@@ -108,11 +106,93 @@ def steerability(assets: SerAssets, seed: int, out: Path, steps: int = 400, clip
     return {e: f"{int(reached[labels == i].sum())}/{int((labels == i).sum())}" for i, e in enumerate(EMOTIONS)}
 
 
+PLAIN_STEPS = 800
+"""Optimizer steps per extractor init of the plain-process check (the preset's 20 epochs are 800 steps)."""
+PLAIN_INITS = 2
+PLAIN_BAR = 0.8
+"""Fraction of a label's clips on which the LLM must name it after training."""
+
+
+class WholeLLM:
+    """The frozen LLM loaded whole in this process (what ``PartitionedBuild`` does across ranks)."""
+
+    def load_causal_lm(self, path, dtype, activation_checkpointing):
+        return load_llm(path, dtype)
+
+
+def label_accuracy(model, batches: list[dict], label_tokens: torch.Tensor) -> torch.Tensor:
+    """(5,) counts of clips per label whose first reply token, greedy after the prompt, is their label's."""
+    named = torch.zeros(len(EMOTIONS))
+    with torch.no_grad():
+        for batch in batches:
+            logits = model.llm(inputs_embeds=model.embed_with_emotion(batch)[0], attention_mask=batch["attention_mask"]).logits
+            first = (batch["labels"] != -100).int().argmax(dim=1)  # (B,) the label word's first token
+            guess = logits[torch.arange(len(first)), first - 1].argmax(dim=-1)
+            for label, right, weight in zip(batch["emotion_label"].tolist(), (guess == label_tokens[batch["emotion_label"]]).tolist(),
+                                            batch["weight"].tolist()):
+                named[label] += right * weight
+    return named
+
+
+def extractor_check(encoder_path: Path, llm_path: Path, adapter_path: Path, shards: Path, seed: int) -> Verdict:
+    """Stage 2a's objective (label word + aux head) on the clips of ``shards`` from ``PLAIN_INITS`` extractor inits,
+    ``PLAIN_STEPS`` steps each; every label must then be named on at least ``BAR`` of its clips."""
+    cfg = Config.load(PRESET, [f"model.encoder_path={encoder_path}", f"model.llm_path={llm_path}",
+                               f"train.init_adapter={adapter_path}"])
+    recipe = stages.recipe("ser")
+    failures, passed = [], 0
+    for init in range(PLAIN_INITS):
+        torch.manual_seed(1000 * seed + init)
+        model, tokenizer = recipe.build_model(cfg, torch.float32, WholeLLM)
+        model.requires_grad_(False)
+        trained = [*model.emotion_extractor.parameters(), *model.ser_head.parameters()]
+        for param in trained:
+            param.requires_grad_(True)
+        optimizer = torch.optim.AdamW(trained, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        warmup = max(1, int(cfg.train.warmup_ratio * PLAIN_STEPS))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k, w=warmup: min((k + 1) / w, (PLAIN_STEPS - k) / (PLAIN_STEPS - w)))
+        stream = ShardStream(resolve_shards(str(shards)), 0, Geometry(1, 0, cfg.train.global_batch_size), 1000 * seed + init,
+                             True, recipe.example_builder(cfg, model, tokenizer), Collate(tokenizer.pad_token_id))
+        step, epoch = 0, 0
+        while step < PLAIN_STEPS:
+            stream.set_epoch(epoch)
+            for batch in stream:
+                model.train()
+                loss = model(batch)["loss"]
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trained, cfg.train.grad_clip)
+                optimizer.step()
+                schedule.step()
+                step += 1
+                if step == PLAIN_STEPS:
+                    break
+            epoch += 1
+        model.eval()
+        stream = ShardStream(resolve_shards(str(shards)), 0, Geometry(1, 0, 64), 0, False,
+                             recipe.example_builder(cfg, model, tokenizer), Collate(tokenizer.pad_token_id))
+        stream.set_epoch(0)
+        label_tokens = torch.tensor([tokenizer(e, add_special_tokens=False)["input_ids"][0] for e in EMOTIONS])
+        batches = list(stream)
+        named = label_accuracy(model, batches, label_tokens)
+        clips = torch.zeros(len(EMOTIONS))
+        for batch in batches:
+            clips.index_add_(0, batch["emotion_label"], batch["weight"].float())
+        for label, (right, total) in enumerate(zip(named.tolist(), clips.tolist())):
+            if right >= PLAIN_BAR * total:
+                passed += 1
+            else:
+                failures.append(f"init {init}: {EMOTIONS[label]!r} named on {right:.0f}/{total:.0f} clips")
+    return Verdict(f"labels the frozen LLM names after {PLAIN_STEPS} steps of stage 2a from {PLAIN_INITS} extractor inits",
+                   passed, PLAIN_INITS * len(EMOTIONS), failures=failures)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--steer", action="store_true", help="only the LLM's steerability at the tone slot")
+    parser.add_argument("--plain", action="store_true", help="only stage 2a's objective in one process from two inits")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -123,6 +203,10 @@ def main() -> None:
     if args.steer:
         print(f"world {assets.root.name} (seed {WORLD_SEED}, {args.threads} threads): free vector reaches its label "
               f"{steerability(assets, WORLD_SEED, args.out)}")
+        return
+    if args.plain:
+        print(f"world {assets.root.name} (seed {WORLD_SEED}, {args.threads} threads): "
+              f"{extractor_check(assets.whisper, assets.llm, assets.adapter, assets.ser_group('common'), WORLD_SEED)}")
         return
     for name, score in tune(assets, WORLD_SEED, args.out, args.overrides).items():
         print(f"world {assets.root.name} (seed {WORLD_SEED}, {args.threads} threads) {' '.join(args.overrides)}: {name}: "
