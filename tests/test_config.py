@@ -41,8 +41,16 @@ def test_bad_keys_and_values_are_named(override, fragment):
 
 def test_unknown_yaml_key_names_file_and_key(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("data:\n  shards: x\n")
-    with pytest.raises(UserError, match=r"bad.yaml: unknown config key 'data.shards'"):
+    path.write_text("# a preset\ndata:\n  shards: x\n")
+    with pytest.raises(UserError, match=r"bad.yaml line 3: unknown config key 'data.shards'"):
+        Config.load(path)
+    path.write_text("train:\n  lr: fast\n")
+    with pytest.raises(UserError, match=r"bad.yaml line 2: 'train.lr' = 'fast' is not a valid float"):
+        Config.load(path)
+    with pytest.raises(UserError, match=r"bad.yaml: 'train.lr' = 'slow' is not a valid float"):
+        Config.load(path, ["train.lr=slow"])  # the wrong value is the override's, not the file's line
+    path.write_text("train:\n  lr: 1e-3\n   epochs: 2\n")
+    with pytest.raises(UserError, match=r"bad.yaml line 3, column \d+: not valid YAML"):
         Config.load(path)
 
 

@@ -20,7 +20,7 @@ from fe_train.config.decoder import DecoderConfig
 from fe_train.config.emotion import CONTENT_SOURCES, EMOTION_SOURCES, EmotionConfig
 from fe_train.config.evaluation import EVAL_CONTROLS, EVAL_PLACEMENTS, EvalConfig
 from fe_train.config.generate import LLM_PLACEMENTS, GenerateConfig
-from fe_train.config.loading import from_tree, merge_overrides, read_yaml
+from fe_train.config.loading import from_tree, key_lines, merge_overrides, read_yaml
 from fe_train.config.prompts import EMOTION_TURN, EMPATHY_SYSTEM, HELPFUL_SYSTEM
 from fe_train.config.sections import (
     EMOTIONS,
@@ -61,7 +61,9 @@ class Config:
         if path is not None:
             tree = read_yaml(path)
         merge_overrides(tree, overrides)
-        return from_tree(cls, tree, where=str(path) if path else "overrides")
+        overridden = {item.partition("=")[0] for item in overrides}
+        lines = {key: line for key, line in key_lines(path).items() if key not in overridden} if path else None
+        return from_tree(cls, tree, where=str(path) if path else "overrides", lines=lines)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -34,29 +34,48 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"config file {path}{where}: not valid YAML ({problem})") from None
     if not isinstance(tree, dict):
         raise UserError(f"config file {path}: expected a mapping of sections, got {type(tree).__name__}")
     return tree
 
 
-def from_tree(cls, tree: dict[str, Any], where: str, prefix: str = ""):
-    """Build dataclass ``cls`` from a nested dict, coercing and checking every key."""
+def key_lines(path: str | os.PathLike) -> dict[str, int]:
+    """``section`` and ``section.key`` -> the line they are written on in a YAML config file (for error messages)."""
+    lines: dict[str, int] = {}
+    root = yaml.compose(Path(path).read_text())
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for section, body in root.value:
+        lines[str(section.value)] = section.start_mark.line + 1
+        if isinstance(body, yaml.MappingNode):
+            for key, _ in body.value:
+                lines[f"{section.value}.{key.value}"] = key.start_mark.line + 1
+    return lines
+
+
+def from_tree(cls, tree: dict[str, Any], where: str, prefix: str = "", lines: dict[str, int] | None = None):
+    """Build dataclass ``cls`` from a nested dict, coercing and checking every key; ``lines`` (``key_lines``) puts
+    the line of a wrong key into its error."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
+        at = f"{where} line {lines[dotted]}" if lines and dotted in lines else where
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise UserError(f"{where}: unknown config key {dotted!r} (known here: {known})")
+            raise UserError(f"{at}: unknown config key {dotted!r} (known here: {known})")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise UserError(f"{where}: {dotted!r} must be a mapping, got {value!r}")
-            kwargs[key] = from_tree(hint, value, where, prefix=f"{dotted}.")
+                raise UserError(f"{at}: {dotted!r} must be a mapping, got {value!r}")
+            kwargs[key] = from_tree(hint, value, where, prefix=f"{dotted}.", lines=lines)
         else:
-            kwargs[key] = _coerce(hint, value, dotted, where)
+            kwargs[key] = _coerce(hint, value, dotted, at)
     return cls(**kwargs)
 
 
