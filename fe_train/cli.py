@@ -61,6 +61,11 @@ def _config(args) -> int:
 
     from fe_train.config import Config
 
+    if args.defaults:
+        from fe_train.config.reference import reference
+
+        print(reference(Config.load(args.config, args.overrides)), end="")
+        return 0
     tree = Config.load(args.config, args.overrides).to_dict()
     if not args.get:
         print(yaml.safe_dump(tree, sort_keys=False), end="")
@@ -228,7 +233,8 @@ def train_main(argv: list[str] | None = None) -> int:
     add_eval(sub)
     add_infer(sub)
     show = sub.add_parser("config", help="print the resolved config (defaults, YAML, overrides)")
-    show.add_argument("--config", required=True, help="YAML file of overrides")
+    show.add_argument("--config", default=None, help="YAML file of overrides (none: the defaults)")
+    show.add_argument("--defaults", action="store_true", help="every key with its docstring as a comment")
     show.add_argument("--get", default="", help="print only this section.key, e.g. run.output_dir")
     show.add_argument("overrides", nargs="*", help="section.key=value overrides")
     show.set_defaults(run=_config)

@@ -118,3 +118,16 @@ def test_presets_name_the_recipe_prompts():
     assert cfg.emotion.ser_user.startswith(EMOTION_TURN) and cfg.generate.empathy_system == EMPATHY_SYSTEM
     assert Config.load(None, ["prompt.system=Be brief."]).prompt.system == "Be brief."
     assert Config.load(None, ["prompt.system=empathy"]).to_dict()["prompt"]["system"] == EMPATHY_SYSTEM
+
+
+def test_config_defaults_document_every_key(capsys):
+    """``fe-train config --defaults``: every key with its docstring above it; read back, it is the default config."""
+    from fe_train.cli import train_main
+
+    assert train_main(["config", "--defaults"]) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out) == Config().to_dict()
+    lines = out.splitlines()
+    keys = [i for i, line in enumerate(lines) if line.startswith("  ") and not line.startswith("  #")]
+    undocumented = [lines[i] for i in keys if not lines[i - 1].startswith("  #")]
+    assert undocumented == [] and len(keys) == sum(len(v) for v in Config().to_dict().values())
