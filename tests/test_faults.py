@@ -165,3 +165,11 @@ def test_no_secret_reaches_saved_files_or_logs(assets, tmp_path):
     assert any(p.suffix == ".wandb" for p in files) and (out / "config.yaml").is_file()
     leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def test_a_stop_for_skipped_samples_says_what_the_stage_needs():
+    from fe_train.data.schema import what_is_needed
+
+    said = what_is_needed({"missing_field:reply": 3, "bad_audio": 1, "missing_field:emotion": 2})
+    assert said.startswith("; the stage needs `reply`") and "fe-shards join --replies" in said and "`emotion`" in said
+    assert what_is_needed({"bad_audio": 1}) == ""

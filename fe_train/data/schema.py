@@ -36,6 +36,29 @@ class SampleError(ValueError):
         self.detail = detail
 
 
+NEEDS = {
+    "missing_member:json": "each sample's JSON record ({key}.json, as fe-shards build writes it)",
+    "missing_member:flac": "each sample's audio ({key}.flac): this stage reads speech",
+    "missing_field:reply": "`reply` in each sample's JSON, the frozen LLM's reply to its text (fe-train generate, "
+                           "then fe-shards join --replies)",
+    "missing_field:emotion": "`emotion` in each clip's JSON, one of the five labels (fe-shards build of an SER corpus)",
+    "missing_field:text": "`text` in each sample's JSON, its transcript",
+    "missing_field:answers": "`answers` in each item's JSON, the gold answers of spoken QA",
+    "missing_units": "each sample's speech units ({key}.units.npy or a JSON `units` list: fe-shards join --units)",
+    "bad_units": "units as integer ids below decoder.n_units",
+    "audio_too_long": "clips within the encoder's window (30 s for Whisper)",
+    "audio_too_short": "clips long enough for one adapter token (model.adapter_stack_frames encoder frames)",
+    "unfilled_slot": "a prompt whose every slot this model fills (an <emotion> slot needs the emotion extractor)",
+}
+"""What a stage needs of a sample, for the reasons samples are skipped under: said when too many are skipped."""
+
+
+def what_is_needed(reasons) -> str:
+    """The needs behind skip ``reasons`` (those known in ``NEEDS``), as one clause; '' when none is known."""
+    needs = [NEEDS[reason] for reason in dict.fromkeys(reasons) if reason in NEEDS]
+    return f"; the stage needs {'; '.join(needs)}" if needs else ""
+
+
 @dataclass
 class Meta:
     key: str

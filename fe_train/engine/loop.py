@@ -22,6 +22,7 @@ from fe_train.checkpoint.store import CheckpointStore, TrainerState
 from fe_train.config import Config
 from fe_train.data.pipeline import ShardStream, build_loader
 from fe_train.data.plan import EpochPlan, Geometry, Span
+from fe_train.data.schema import what_is_needed
 from fe_train.engine.build import all_reduce_sum, barrier
 from fe_train.errors import UserError
 from fe_train.launch import preemption
@@ -239,6 +240,7 @@ class Trainer:
             raise UserError(
                 f"{total_skipped} samples skipped ({fraction:.1%} > data.max_skip_fraction "
                 f"{self.cfg.data.max_skip_fraction}) by reason {dict(self.skipped)}; most in shards: {worst}"
+                f"{what_is_needed(self.skipped)}"
             )
 
     @torch.no_grad()

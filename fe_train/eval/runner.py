@@ -19,6 +19,7 @@ from fe_train.config import Config
 from fe_train.data.collate import Collate
 from fe_train.data.pipeline import ShardStream, build_loader, resolve_shards
 from fe_train.data.plan import Shard, eval_geometry
+from fe_train.data.schema import what_is_needed
 from fe_train.errors import UserError
 from fe_train.eval import assembly
 from fe_train.eval.checkpoints import load_config
@@ -87,7 +88,8 @@ def evaluate(task_name: str, checkpoints: list[str], shards: str, out_dir: str, 
 
 def write_outputs(task, records: list[dict], skipped: Counter, out_dir: str, context: dict) -> dict:
     if not records:
-        raise UserError(f"no sample of {context['shards']} could be scored (skipped by reason: {dict(skipped)})")
+        raise UserError(f"no sample of {context['shards']} could be scored (skipped by reason: {dict(skipped)})"
+                        f"{what_is_needed(skipped)}")
     result, table = task.summarize(records)
     result = {"task": task.name, **context, "skipped": dict(skipped), "repeated_keys": repeated_keys(records), **result}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
