@@ -69,3 +69,15 @@ def test_wandb_settings_come_from_the_config_when_set_else_the_environment_else_
     tracker.close()
     assert tracker.run is None and not (tmp_path / "wandb").exists()
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
+
+
+def test_evaluations_reach_the_console_also_under_a_progress_bar(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="fe_train")
+    tracker = tracker_for(tmp_path, "disabled")
+    tracker.start_bar(10, 0, enabled=True)
+    tracker.log(5, {"train/loss": 0.5})
+    tracker.log(5, {"eval/loss": 0.25, "eval/spokenqa/accuracy": 0.75})
+    tracker.close()
+    shown = [r.getMessage() for r in caplog.records]
+    assert any("eval/loss=0.25" in m and "eval/spokenqa/accuracy=0.75" in m for m in shown), shown
+    assert not any("train/loss" in m for m in shown), shown  # the bar shows training's records

@@ -69,7 +69,7 @@ class Tracker:
             self.run.log(metrics, step)
         if self.bar is not None and "train/loss" in metrics:
             self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", sps=f"{metrics.get('train/samples_per_s', 0):.1f}")
-        elif self.bar is None:
+        else:  # without a bar every record; with one, evaluations and the rest (the bar shows training's)
             shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
             log.info("step %d %s", step, shown)
 
