@@ -75,7 +75,7 @@ def steerability(assets: SerAssets, seed: int, out: Path, steps: int = 400, clip
     FREE vector at ``<emotion>`` (started where a fresh extractor puts it, Adam at the preset's lr) makes the frozen
     LLM answer with their label within ``steps`` steps. A label that no start reaches is a trap of the LLM's tone
     reading: an extractor cannot learn it either."""
-    from fe_train.eval.ser_score import left_align, prompt_lengths
+    from fe_train.eval.speech_replies import left_align, prompt_lengths
     from fe_train.model.freezeempath import EMOTION_SLOT
 
     cfg = Config.load(PRESET, model_overrides(assets))
@@ -95,7 +95,7 @@ def steerability(assets: SerAssets, seed: int, out: Path, steps: int = 400, clip
     optimizer = torch.optim.Adam([vectors], lr=cfg.train.lr)
     reached = torch.zeros(len(want), dtype=torch.bool)
     for _ in range(steps):
-        inputs, mask = left_align(embeds.index_put((rows, slot), vectors), prompt_lengths(batch["labels"], batch["attention_mask"]))
+        inputs, mask = left_align(embeds.index_put((rows, slot), vectors), prompt_lengths(batch))
         logits = model.llm(inputs_embeds=inputs, attention_mask=mask).logits[:, -1]
         reached |= logits.argmax(dim=-1) == want
         loss = torch.nn.functional.cross_entropy(logits, want)

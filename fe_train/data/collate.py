@@ -76,3 +76,8 @@ def _mels(results: list[LogMelResult]) -> dict[str, torch.Tensor]:
         "mel_pad_value": pad_value,
         "audio_frames": torch.tensor([result.audio_frames for result in results]),
     }
+
+
+def to_device(batch: dict, device: torch.device, non_blocking: bool = False) -> dict:
+    """A collated batch's tensors on ``device``; the other fields as they are."""
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -16,6 +16,7 @@ from fe_train.engine import ds_config
 from fe_train.launch import env as launch_env
 from fe_train.launch.env import LaunchEnv
 from fe_train.model.freezing import trainable_params
+from fe_train.model.pretrained import precision_dtype
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,6 @@ class PartitionedBuild:
         return False
 
 
-def compute_dtype(cfg: Config) -> torch.dtype:
-    return torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-
-
 def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
     """LR multiplier: linear warmup over ``warmup_ratio`` of the steps, then cosine to ``min_lr_ratio``."""
     warmup = math.ceil(warmup_ratio * total_steps)
@@ -116,7 +113,7 @@ def cast_unpartitioned(model: nn.Module, dtype: torch.dtype) -> None:
 
 def build_engine(model: nn.Module, ds: dict[str, Any], cfg: Config, total_steps: int):
     """A DeepSpeed engine whose optimizer holds state for the trainable parameters only."""
-    cast_unpartitioned(model, compute_dtype(cfg))
+    cast_unpartitioned(model, precision_dtype(cfg.train.precision))
     params = trainable_params(model)
     train = cfg.train
     if ds_config.optimizer_impl(cfg, ds) == "deepspeed_cpu":

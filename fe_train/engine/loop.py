@@ -20,6 +20,7 @@ import torch
 
 from fe_train.checkpoint.store import CheckpointStore, TrainerState
 from fe_train.config import Config
+from fe_train.data.collate import to_device
 from fe_train.data.pipeline import ShardStream, build_loader
 from fe_train.data.plan import EpochPlan, Geometry, Span
 from fe_train.data.schema import what_is_needed
@@ -32,10 +33,6 @@ from fe_train.tracking.tracker import Tracker
 log = logging.getLogger(__name__)
 
 SUMMED = ("loss_sum", "n_tokens", "n_correct", "samples", "flops")
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class Meter:
@@ -132,7 +129,7 @@ class Trainer:
         while state.epoch < cfg.train.epochs and state.step < total and not state.preempted:
             plan = self._plan_epoch()
             for batch in build_loader(self.stream, pin_memory=self.device.type == "cuda"):
-                out = self.engine(to_device(batch, self.device))
+                out = self.engine(to_device(batch, self.device, non_blocking=True))
                 nonfinite, stop = self._agree(out["loss"])
                 state.micro_in_epoch += 1
                 self.keys_log.write(state, batch)
@@ -251,7 +248,7 @@ class Trainer:
         meter = Meter()
         self.eval_stream.set_epoch(0)
         for batch in build_loader(self.eval_stream):
-            meter.add(self.engine(to_device(batch, self.device)), batch)
+            meter.add(self.engine(to_device(batch, self.device, non_blocking=True)), batch)
         metrics = meter.reduce(self.device, "eval")
         metrics.pop("eval/samples_per_s")
         for evaluator in self.evaluators:

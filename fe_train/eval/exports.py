@@ -19,10 +19,11 @@ from fe_train.data.collate import Collate
 from fe_train.data.pipeline import ShardStream, build_loader, resolve_shards
 from fe_train.data.plan import eval_geometry
 from fe_train.engine import ds_config
-from fe_train.engine.build import PartitionedBuild, build_inference_engine, compute_dtype, init_distributed, shutdown
+from fe_train.engine.build import PartitionedBuild, build_inference_engine, init_distributed, shutdown
 from fe_train.eval.ser_score import SERScore, evaluate_ser
 from fe_train.launch.env import LaunchEnv
 from fe_train.model.freezing import count_params
+from fe_train.model.pretrained import precision_dtype
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def evaluate(recipe, cfg: Config, launch: LaunchEnv) -> SERScore:
     try:
         ds = ds_config.resolve(cfg, launch.world_size)
         torch.manual_seed(cfg.train.seed)
-        model, tokenizer = recipe.build_model(cfg, compute_dtype(cfg), lambda: PartitionedBuild(ds))
+        model, tokenizer = recipe.build_model(cfg, precision_dtype(cfg.train.precision), lambda: PartitionedBuild(ds))
         model.requires_grad_(False)
         log.info("evaluating stage %s exports (%s)", recipe.name, count_params(model).describe())
         engine = build_inference_engine(model, ds)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fe_train.data.collate import Collate
+from fe_train.data.collate import Collate, to_device
 from fe_train.data.schema import Meta, SampleError
 from fe_train.errors import UserError
 from fe_train.eval import assembly
@@ -27,7 +27,7 @@ from fe_train.eval.assembly import speech_llm
 from fe_train.eval.checkpoints import load_config
 from fe_train.eval.placement import replicate
 from fe_train.eval.ser import head_labels
-from fe_train.eval.tasks import Replier, SpokenPrompt, to_device
+from fe_train.eval.tasks import Replier, SpokenPrompt
 from fe_train.eval.vocoder import load_vocoder, write_wave
 from fe_train.generate.replies import Reply, decode
 from fe_train.model.spoken_reply import SpokenReply

@@ -11,6 +11,7 @@ from torch import nn
 
 from fe_train.config import Config
 from fe_train.model.frozen_llm import load_llm
+from fe_train.model.pretrained import precision_dtype
 
 
 @dataclass
@@ -23,10 +24,6 @@ class PlacedModel:
     """The DeepSpeed engine that owns the partitioning hooks, kept alive with the model."""
 
 
-def dtype_of(cfg: Config) -> torch.dtype:
-    return torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-
-
 class WholeBuild(contextlib.nullcontext):
     """``partitioned()`` of a replicated model: the recipes' builders load every part whole."""
 
@@ -35,7 +32,7 @@ class WholeBuild(contextlib.nullcontext):
 
 
 def replicate(cfg: Config, build: Callable, device: torch.device, world_size: int) -> PlacedModel:
-    model, tokenizer = build(dtype_of(cfg), WholeBuild)
+    model, tokenizer = build(precision_dtype(cfg.train.precision), WholeBuild)
     return PlacedModel(model.to(device).eval(), tokenizer, synced=False)
 
 
@@ -43,8 +40,8 @@ def zero3(cfg: Config, build: Callable, device: torch.device, world_size: int) -
     from fe_train.engine.build import PartitionedBuild
     from fe_train.engine.inference import inference_config, inference_engine
 
-    ds = inference_config(cfg.engine.ds_config, dtype_of(cfg), cfg.eval.batch_size, world_size, "eval.placement=zero3")
-    model, tokenizer = build(dtype_of(cfg), lambda: PartitionedBuild(ds))
+    ds = inference_config(cfg.engine.ds_config, precision_dtype(cfg.train.precision), cfg.eval.batch_size, world_size, "eval.placement=zero3")
+    model, tokenizer = build(precision_dtype(cfg.train.precision), lambda: PartitionedBuild(ds))
     engine = inference_engine(model, ds)
     return PlacedModel(engine.module, tokenizer, synced=world_size > 1, owner=engine)
 

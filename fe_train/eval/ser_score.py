@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from fe_train.config import EMOTIONS
-from fe_train.data.prompt import IGNORE
 from fe_train.eval.emotion_word import label_word
+from fe_train.eval.speech_replies import left_align, prompt_lengths
 
 
 @dataclass
@@ -40,23 +40,6 @@ class SERScore:
                 "confusion": self.confusion, "labels": list(EMOTIONS)}
 
 
-def prompt_lengths(labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B,) positions before the first labelled one (the prompt); a row without labels is all prompt."""
-    labelled = labels != IGNORE  # (B, T)
-    first = labelled.int().argmax(dim=1)
-    return torch.where(labelled.any(dim=1), first, attention_mask.sum(dim=1))
-
-
-def left_align(embeds: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows' first ``lengths`` positions moved to the right end: (B, T', D) and the attention mask (B, T')."""
-    width = int(lengths.max())
-    source = torch.arange(width, device=embeds.device)[None, :] - (width - lengths)[:, None]  # (B, T'), <0 is padding
-    valid = source >= 0
-    index = source.clamp(min=0)[:, :, None].expand(-1, -1, embeds.shape[-1])  # (B, T', D)
-    aligned = embeds.gather(1, index) * valid[:, :, None].to(embeds.dtype)  # (B, T', D)
-    return aligned, valid.long()
-
-
 @torch.no_grad()
 def evaluate_ser(model, batches: Iterable[dict], tokenizer, device: torch.device, max_new_tokens: int) -> SERScore:
     """Score every batch (collated SER examples with ``emotion_label``); the sums are over all ranks."""
@@ -65,7 +48,7 @@ def evaluate_ser(model, batches: Iterable[dict], tokenizer, device: torch.device
     for batch in batches:
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         embeds, emotion = model.embed_with_emotion(batch)
-        inputs, mask = left_align(embeds, prompt_lengths(batch["labels"], batch["attention_mask"]))
+        inputs, mask = left_align(embeds, prompt_lengths(batch))
         new = model.llm.generate(inputs_embeds=inputs, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  synced_gpus=distributed, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         words = [label_word(text) for text in tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import torch
 
 from fe_train.config import Config
+from fe_train.data.collate import to_device
 from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.prompt import PromptLayout
 from fe_train.data.schema import Meta
@@ -64,10 +65,6 @@ class Replier:
     def __call__(self, model, batch: dict) -> list[str]:
         replies = reply_to_batch(model, batch, self.sampling, self.eos, self.tokenizer.pad_token_id, self.synced)
         return [decode(self.tokenizer, reply) for reply in replies]
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @torch.no_grad()

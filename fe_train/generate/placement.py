@@ -15,6 +15,7 @@ from torch import nn
 
 from fe_train.config import Config
 from fe_train.model.frozen_llm import load_llm
+from fe_train.model.pretrained import precision_dtype
 
 
 @dataclass
@@ -27,18 +28,14 @@ class PlacedLLM:
     """The DeepSpeed engine that owns the partitioning hooks, kept alive with the model."""
 
 
-def llm_dtype(cfg: Config) -> torch.dtype:
-    return torch.bfloat16 if cfg.generate.precision == "bf16" else torch.float32
-
-
 def replicate(cfg: Config, device: torch.device, world_size: int) -> PlacedLLM:
-    return PlacedLLM(load_llm(cfg.model.llm_path, llm_dtype(cfg)).to(device), synced=False)
+    return PlacedLLM(load_llm(cfg.model.llm_path, precision_dtype(cfg.generate.precision)).to(device), synced=False)
 
 
 def zero3(cfg: Config, device: torch.device, world_size: int) -> PlacedLLM:
     from fe_train.engine.inference import zero3_inference
 
-    engine = zero3_inference(lambda: load_llm(cfg.model.llm_path, llm_dtype(cfg)), cfg.engine.ds_config, llm_dtype(cfg),
+    engine = zero3_inference(lambda: load_llm(cfg.model.llm_path, precision_dtype(cfg.generate.precision)), cfg.engine.ds_config, precision_dtype(cfg.generate.precision),
                              cfg.generate.batch_size, world_size)
     return PlacedLLM(engine.module, synced=world_size > 1, owner=engine)
 

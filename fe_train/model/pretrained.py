@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 from torch import nn
 
@@ -26,3 +27,8 @@ def load_module(module: nn.Module, path: str, key: str) -> None:
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"{path}: does not fit the configured module (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The torch dtype of a config precision (``train.precision``, ``generate.precision``): bf16 or fp32."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32

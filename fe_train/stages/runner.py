@@ -22,13 +22,14 @@ from fe_train.data.collate import Collate
 from fe_train.data.pipeline import Example, RawSample, ShardStream, resolve_shards
 from fe_train.data.plan import Geometry, Shard, eval_geometry
 from fe_train.engine import ds_config
-from fe_train.engine.build import PartitionedBuild, barrier, build_engine, compute_dtype, init_distributed, shutdown
+from fe_train.engine.build import PartitionedBuild, barrier, build_engine, init_distributed, shutdown
 from fe_train.engine.export import export_modules
 from fe_train.engine.loop import Trainer, total_steps
 from fe_train.engine.universal import convert, enable_universal_load
 from fe_train.errors import UserError
 from fe_train.launch.env import LaunchEnv
 from fe_train.model.freezing import set_trainable
+from fe_train.model.pretrained import precision_dtype
 from fe_train.tracking.flops import FlopCounter, peak_flops
 from fe_train.tracking.plot import plot_losses
 from fe_train.tracking.tracker import Tracker
@@ -121,7 +122,7 @@ def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, hooks: Hoo
 def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: Hooks, make_evaluators) -> Outcome:
     ds = ds_config.resolve(cfg, launch.world_size)
     torch.manual_seed(cfg.train.seed)  # identical trainable init on every rank and world size
-    model, tokenizer = recipe.build_model(cfg, compute_dtype(cfg), lambda: PartitionedBuild(ds))
+    model, tokenizer = recipe.build_model(cfg, precision_dtype(cfg.train.precision), lambda: PartitionedBuild(ds))
     counts = set_trainable(model, recipe.trains)
     log.info("stage %s: %s; training %s", recipe.name, counts.describe(), ", ".join(recipe.trains))
 

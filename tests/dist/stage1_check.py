@@ -10,19 +10,19 @@ import torch
 from fe_train import stages
 from fe_train.launch.logs import setup_logging
 from fe_train.config import Config
-from fe_train.engine.build import compute_dtype
 from fe_train.launch.env import from_environ
 from fe_train.model.freezing import numel
 from fe_train.model.frozen_llm import load_llm
 from fe_train.model.speech_encoder import WhisperSpeechEncoder
 from fe_train.stages import runner
+from fe_train.model.pretrained import precision_dtype
 
 result_path, config_path, *overrides = sys.argv[1:]
 launch = from_environ()
 setup_logging(launch.rank)
 cfg = Config.load(config_path, overrides)
 # Reference copies of the frozen weights in the run's precision, loaded plainly before any DeepSpeed context exists.
-dtype = compute_dtype(cfg)
+dtype = precision_dtype(cfg.train.precision)
 reference = {f"encoder.{k}": v.clone() for k, v in WhisperSpeechEncoder.from_pretrained(cfg.model.encoder_path, dtype).state_dict().items()}
 reference.update({f"llm.{k}": v.clone() for k, v in load_llm(cfg.model.llm_path, dtype).state_dict().items()})
 report = {}
