@@ -204,6 +204,7 @@ def _verify(args) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="fe-train", description="Train FreezeEmpath's non-frozen parts.")
+    version_flag(parser)
     # The deepspeed launcher puts --local_rank=N right after `-m fe_train`, before the subcommand.
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -255,6 +256,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def shards_main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="fe-shards", description="Build and verify WebDataset shards.")
+    version_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     from fe_train.data.build import BuildOptions
 
@@ -310,15 +312,17 @@ class DefaultsHelp(argparse.HelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """Every command's parser: ``--help`` shows each option's default, ``--version`` the package's."""
+    """Every command's parser (subcommands' too): ``--help`` shows each option's default."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", DefaultsHelp)
         super().__init__(*args, **kwargs)
-        if kwargs.get("prog") in ("fe-train", "fe-shards"):
-            from fe_train import __version__
 
-            self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+def version_flag(parser: argparse.ArgumentParser) -> None:
+    from fe_train import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
 
 def _dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

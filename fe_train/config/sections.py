@@ -115,7 +115,8 @@ class TrainConfig:
     keep_last: int = 2
     """Checkpoints kept; older ones are deleted once a newer one is complete."""
     init_adapter: str = ""
-    """A ``adapter.safetensors`` export to start the adapter from (stages after 1)."""
+    """An ``adapter.safetensors`` export to start the adapter from (stages after 1 read speech through it; in stage 1
+    it continues from an earlier adapter, '' starts it fresh)."""
     max_nonfinite_steps: int = 10
     """Stop (after saving the last good state) when this many micro-batches in a row have a NaN/inf loss."""
 

@@ -43,7 +43,7 @@ def build(cfg: Config, modules: set[str], dtype, partitioned) -> tuple[nn.Module
                             f"give the run that exported every {stage} module as --ckpt")
     if not cfg.train.init_adapter:
         raise UserError("config train.init_adapter is empty: the checkpoints name no adapter export to load")
-    model = assembly.speech_llm(cfg, dtype, partitioned, load_adapter=True, emotion="emotion_extractor" in modules)
+    model = assembly.speech_llm(cfg, dtype, partitioned, emotion="emotion_extractor" in modules)
     tokenizer = load_tokenizer(cfg.model.llm_path)
     if "decoder" in modules:
         model = SpokenReply(model, *assembly.decoder_parts(cfg.decoder, model.llm, tokenizer, dtype))

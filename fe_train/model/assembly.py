@@ -22,8 +22,8 @@ from fe_train.model.speech_decoder import LoraSettings, SpeechDecoder
 log = logging.getLogger(__name__)
 
 
-def speech_llm(cfg: Config, dtype, partitioned, *, load_adapter: bool, emotion: bool = False) -> FreezeEmpath:
-    """Encoder, LLM and adapter (from ``train.init_adapter`` when ``load_adapter`` and it is set); with ``emotion``
+def speech_llm(cfg: Config, dtype, partitioned, emotion: bool = False) -> FreezeEmpath:
+    """Encoder, LLM and adapter (from ``train.init_adapter`` when it is set); with ``emotion``
     also the extractor and the SER head (from ``emotion.init_extractor`` / ``init_ser_head``, else a fresh init)."""
     m, e = cfg.model, cfg.emotion
     # NOTE(transformers): under zero.Init, Whisper's _init_weights builds its sinusoids from the
@@ -33,7 +33,7 @@ def speech_llm(cfg: Config, dtype, partitioned, *, load_adapter: bool, emotion: 
     llm = partitioned().load_causal_lm(m.llm_path, dtype, m.llm_activation_checkpointing)
     width = llm.config.hidden_size
     adapter = lookup(ADAPTERS, m.adapter, "model.adapter")(encoder.hidden_size, width, m)
-    if load_adapter and cfg.train.init_adapter:
+    if cfg.train.init_adapter:
         load_module(adapter, cfg.train.init_adapter, "train.init_adapter")
     if not emotion:
         return FreezeEmpath(llm, encoder=encoder, adapter=adapter)

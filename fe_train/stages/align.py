@@ -23,7 +23,7 @@ trains = ("adapter",)
 
 
 def build_model(cfg: Config, dtype, partitioned):
-    return assembly.speech_llm(cfg, dtype, partitioned, load_adapter=False), load_tokenizer(cfg.model.llm_path)
+    return assembly.speech_llm(cfg, dtype, partitioned), load_tokenizer(cfg.model.llm_path)
 
 
 def example_builder(cfg: Config, model: FreezeEmpath, tokenizer):

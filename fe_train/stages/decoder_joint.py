@@ -26,7 +26,7 @@ llm_backward = False  # the frozen LLM runs forward only (FLOP count)
 
 
 def build_model(cfg: Config, dtype, partitioned):
-    speech_llm = assembly.speech_llm(cfg, dtype, partitioned, load_adapter=True)
+    speech_llm = assembly.speech_llm(cfg, dtype, partitioned)
     tokenizer = load_tokenizer(cfg.model.llm_path)
     return SpokenReply(speech_llm, *assembly.decoder_parts(cfg.decoder, speech_llm.llm, tokenizer, dtype)), tokenizer
 

@@ -35,7 +35,7 @@ def build_model(cfg: Config, dtype, partitioned):
     if not cfg.train.init_adapter and cfg.emotion.content_source == "speech":
         raise UserError("config train.init_adapter is empty: stage 2 reads speech through the stage-1 adapter "
                         "(give its export, e.g. runs/stage1/export/adapter.safetensors)")
-    model = assembly.speech_llm(cfg, dtype, partitioned, load_adapter=True, emotion=True)
+    model = assembly.speech_llm(cfg, dtype, partitioned, emotion=True)
     return model, load_tokenizer(cfg.model.llm_path)
 
 
