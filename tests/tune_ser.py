@@ -193,12 +193,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--steer", action="store_true", help="only the LLM's steerability at the tone slot")
     parser.add_argument("--plain", action="store_true", help="only stage 2a's objective in one process from two inits")
+    parser.add_argument("--world", type=Path, help="a built SER world's directory instead of FE_WORLD_SEED's cached one")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from conftest import WORLD_SEED
 
-    assets = SerAssets(build_world("ser_assets"))
+    assets = SerAssets(args.world or build_world("ser_assets"))
     args.out.mkdir(parents=True, exist_ok=True)
     if args.steer:
         print(f"world {assets.root.name} (seed {WORLD_SEED}, {args.threads} threads): free vector reaches its label "
