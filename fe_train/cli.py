@@ -123,6 +123,11 @@ def _generate(args) -> int:
     return 0 if summary.complete else 1
 
 
+def progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="a progress bar over the shards (default: when stderr is a terminal)")
+
+
 def _join(args) -> int:
     from fe_train.data.join import Target, join_shards
     from fe_train.data.manifest import Skips
@@ -138,7 +143,8 @@ def _join(args) -> int:
         replies = {key: Target.from_record(r) for key, r in PartStore(args.replies).read().by_key.items()}
     unit_skips = Skips()
     units = UnitFiles(args.units, unit_skips) if args.units else None
-    report = join_shards(resolve_shards(args.shards, "--shards"), args.out, replies, units, args.missing == "drop")
+    report = join_shards(resolve_shards(args.shards, "--shards"), args.out, replies, units, args.missing == "drop",
+                         args.progress)
     problems = dict(report.problems.counts, **{f"units_file:{k}": v for k, v in unit_skips.counts.items()})
     print(f"joined {report.samples} samples into {args.out}: wrote {report.written}, attached {report.attached}, "
           f"problems {problems}, targets without a sample {report.unused}")
@@ -193,7 +199,7 @@ def _verify(args) -> int:
     from fe_train.data.verify import verify
 
     setup_logging(0)
-    reports = verify(args.directory)
+    reports = verify(args.directory, progress=args.progress)
     for report in reports:
         status = "ok" if report.ok else f"PROBLEMS {dict(report.problems)}"
         print(f"{report.name}: {report.found}/{report.expected} samples {status}")
@@ -294,9 +300,11 @@ def shards_main(argv: list[str] | None = None) -> int:
     join.add_argument("--units", default="", help="directory of {key}.npy files and/or .jsonl files of {key, units}")
     join.add_argument("--missing", choices=("keep", "drop"), default="keep",
                       help="samples without a target: keep them unchanged (counted) or drop them (counted)")
+    progress_flag(join)
     join.set_defaults(run=_join)
     verify = sub.add_parser("verify", help="read back every sample of a shard directory")
     verify.add_argument("directory")
+    progress_flag(verify)
     verify.set_defaults(run=_verify)
     return _dispatch(parser, argv)
 

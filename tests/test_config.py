@@ -39,6 +39,15 @@ def test_bad_keys_and_values_are_named(override, fragment):
     assert fragment in str(err.value)
 
 
+def test_progress_bar_is_null_for_a_terminal_or_as_set():
+    assert Config().run.progress_bar is None  # a bar when stderr is a terminal, none in a Slurm log
+    assert Config.load(None, ["run.progress_bar=true"]).run.progress_bar is True
+    assert Config.load(None, ["run.progress_bar=off"]).run.progress_bar is False
+    assert Config.load(None, ["run.progress_bar=null"]).run.progress_bar is None
+    with pytest.raises(UserError, match="'run.progress_bar' = 'sometimes' is not a valid bool"):
+        Config.load(None, ["run.progress_bar=sometimes"])
+
+
 def test_unknown_yaml_key_names_file_and_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("# a preset\ndata:\n  shards: x\n")

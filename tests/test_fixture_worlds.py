@@ -37,7 +37,7 @@ def test_world_passes_its_checks(world, seed, threads):
     for part, figures in checks.items():
         print(f"{world} seed {seed} threads {threads} {part}: {figures['steps']} steps, loss {figures['first_loss']:.3f} -> "
               f"{figures['last_loss']:.4f}; {figures['check']}")
-    assert set(checks) == ({"llm", "whisper"} if world == "assets" else {"llm", "whisper", "adapter"})
+    assert set(checks) == ({"llm", "whisper"} if world == "assets" else {"llm", "whisper", "tone slot", "adapter"})
     assert all(f["passed"] > 0 for f in checks.values())
 
 

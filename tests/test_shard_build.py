@@ -133,6 +133,22 @@ def test_finished_work_is_never_overwritten(corpus, clean, tmp_path):
     assert (foreign / "train" / "train-000000.tar").read_bytes() == b"not ours"
 
 
+def test_verify_shows_a_progress_bar_when_asked_and_none_in_a_log(clean):
+    """stderr is a pipe here, as in a Slurm log: no bar unless --progress asks for one."""
+    out, _ = clean
+    split = next(p for p in sorted(out.iterdir()) if any(p.glob("*.tar")))
+
+    def verify(*flags: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", "import sys; from fe_train.cli import shards_main; sys.exit(shards_main())",
+                               "verify", str(split), *flags], capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stderr
+
+    assert f"verify {split.name}" not in verify()
+    shards = len(list(split.glob("*.tar")))
+    assert f"verify {split.name}: 100%" in verify("--progress") and f"{shards}/{shards}" in verify("--progress")
+
+
 def test_cli_errors_are_one_line_and_verify_names_a_damaged_shard(clean, tmp_path, capsys):
     assert shards_main(["build", "--corpus", "voxceleb", "--root", "/x", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().startswith("error: --corpus 'voxceleb': expected one of ['cremad', 'esd'")

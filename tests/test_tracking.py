@@ -18,7 +18,7 @@ def tracker_for(tmp_path, mode: str) -> Tracker:
 def test_wandb_gets_every_record_from_its_own_process(tmp_path):
     before = {t.ident for t in threading.enumerate()}
     tracker = tracker_for(tmp_path, "offline")
-    tracker.start_bar(5, 0, enabled=True)
+    tracker.start_bar(5, 0, setting=True)
     for step in range(1, 6):
         tracker.log(step, {"train/loss": 1.0 / step, "train/sentinel_metric": float(step)})
         tracker.advance()
@@ -74,7 +74,7 @@ def test_wandb_settings_come_from_the_config_when_set_else_the_environment_else_
 def test_evaluations_reach_the_console_also_under_a_progress_bar(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="fe_train")
     tracker = tracker_for(tmp_path, "disabled")
-    tracker.start_bar(10, 0, enabled=True)
+    tracker.start_bar(10, 0, setting=True)
     tracker.log(5, {"train/loss": 0.5})
     tracker.log(5, {"eval/loss": 0.25, "eval/spokenqa/accuracy": 0.75})
     tracker.close()

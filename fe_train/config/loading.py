@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,11 @@ def from_tree(cls, tree: dict[str, Any], where: str, prefix: str = "", lines: di
 
 def _coerce(hint, value, key: str, where: str):
     origin = typing.get_origin(hint) or hint
+    if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint):
+        if value is None or str(value).lower() in ("null", "none", "auto"):
+            return None
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        origin = typing.get_origin(hint) or hint
     try:
         if origin is bool:
             if isinstance(value, bool):

@@ -158,8 +158,9 @@ class RunConfig:
     """wandb mode: offline, online or disabled ('': the environment's WANDB_MODE, else offline)."""
     wandb_project: str = ""
     """wandb project ('': the environment's WANDB_PROJECT, else fe-train)."""
-    progress_bar: bool = True
-    """Show a tqdm bar with loss and samples/s on rank 0."""
+    progress_bar: bool | None = None
+    """A tqdm bar on rank 0 (loss and samples/s in training): null shows it when stderr is a terminal (not in a
+    Slurm log), true/false always/never."""
     peak_tflops: float = 0.0
     """Peak FLOP/s of one device in TFLOP/s for MFU (0: known GPUs by name, none on CPU)."""
     log_keys: bool = False

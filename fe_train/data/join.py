@@ -28,6 +28,7 @@ from fe_train.data.schema import META_EXT, UNITS_EXT, Meta, SampleError, encode_
 from fe_train.data.units import UnitFiles
 from fe_train.data.writer import EncodedSample, ShardIndex, write_tar
 from fe_train.errors import UserError
+from fe_train.launch.progress import progress_bar
 
 REPORT_NAME = "join.report.json"
 
@@ -63,10 +64,11 @@ class JoinReport:
 
 
 def join_shards(shards: list[Shard], out_dir: str | Path, replies: Mapping[str, Target] | None = None,
-                units: UnitFiles | None = None, drop_missing: bool = False) -> JoinReport:
+                units: UnitFiles | None = None, drop_missing: bool = False, progress: bool | None = None) -> JoinReport:
     """Write each shard of ``shards`` to ``out_dir`` with its targets attached; returns what happened.
 
     ``drop_missing``: leave out samples that lack a requested target (else they are kept unchanged).
+    ``progress``: a bar over the shards (None: when stderr is a terminal).
     """
     if replies is None and units is None:
         raise UserError("nothing to join: expected replies, units or both")
@@ -76,7 +78,7 @@ def join_shards(shards: list[Shard], out_dir: str | Path, replies: Mapping[str, 
     out.mkdir(parents=True, exist_ok=True)
     join = _Joiner(replies, units)
     index = ShardIndex()
-    for shard in shards:
+    for shard in progress_bar("join", "shard", progress, iterable=shards):
         samples, read = [], 0
         for _, raw in iter_shard(shard.url):
             read += 1

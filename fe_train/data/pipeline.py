@@ -30,6 +30,7 @@ from fe_train.data.plan import EpochPlan, Geometry, MicroBatch, Shard, Span
 from fe_train.data.schema import INDEX_NAME, SampleError
 from fe_train.data.writer import ShardIndex
 from fe_train.errors import UserError
+from fe_train.launch.progress import progress_bar
 
 RawSample = dict[str, Any]
 """``__key__`` plus extension -> member bytes, as grouped from the tar."""
@@ -49,7 +50,10 @@ def resolve_shards(pattern: str, what: str = "data.train_shards") -> list[Shard]
     if not urls:
         raise UserError(f"{what} = {pattern!r} matches no shard (expected .tar files written by fe-shards build)")
     counts = _indexed_counts(urls)
-    return [Shard(url, counts[url] if url in counts else count_samples(url)) for url in urls]
+    uncounted = [url for url in urls if url not in counts]
+    for url in progress_bar("scan shard headers (no index.json)", "shard", None, iterable=uncounted) if len(uncounted) > 1 else uncounted:
+        counts[url] = count_samples(url)
+    return [Shard(url, counts[url]) for url in urls]
 
 
 def _indexed_counts(urls: list[str]) -> dict[str, int]:

@@ -11,6 +11,7 @@ from fe_train.data import audio
 from fe_train.data.pipeline import iter_shard, resolve_shards
 from fe_train.data.schema import INDEX_NAME, UNITS_EXT, UNITS_FIELD, Meta, SampleError, sample_units
 from fe_train.data.writer import ShardIndex
+from fe_train.launch.progress import progress_bar
 
 
 @dataclass
@@ -25,26 +26,27 @@ class ShardReport:
         return not self.problems and self.found == self.expected
 
 
-def verify(directory: str | Path, sample_rate_hz: int = SAMPLE_RATE_HZ) -> list[ShardReport]:
+def verify(directory: str | Path, sample_rate_hz: int = SAMPLE_RATE_HZ, progress: bool | None = None) -> list[ShardReport]:
     """Every shard of a shard folder, or of each split folder of a build folder (``OUT/<split>/``)."""
     directory = Path(directory)
     splits = sorted(p for p in directory.iterdir() if (p / INDEX_NAME).is_file()) if directory.is_dir() else []
     if splits and not any(directory.glob("*.tar")):
         reports = []
         for split in splits:
-            for report in _verify_folder(split, sample_rate_hz):
+            for report in _verify_folder(split, sample_rate_hz, progress):
                 report.name = f"{split.name}/{report.name}"
                 reports.append(report)
         return reports
-    return _verify_folder(directory, sample_rate_hz)
+    return _verify_folder(directory, sample_rate_hz, progress)
 
 
-def _verify_folder(directory: Path, sample_rate_hz: int) -> list[ShardReport]:
+def _verify_folder(directory: Path, sample_rate_hz: int, progress: bool | None) -> list[ShardReport]:
     indexed = {}
     if (directory / INDEX_NAME).is_file():
         indexed = {r.name: r.count for r in ShardIndex.read(directory / INDEX_NAME).shards}
     reports = []
-    for shard in resolve_shards(str(directory), "shard directory"):
+    shards = resolve_shards(str(directory), "shard directory")
+    for shard in progress_bar(f"verify {directory.name}", "shard", progress, iterable=shards):
         name = Path(shard.url).name
         report = ShardReport(name, indexed.get(name, -1))
         if name not in indexed:

@@ -22,6 +22,7 @@ from fe_train.engine import ds_config
 from fe_train.engine.build import PartitionedBuild, build_inference_engine, init_distributed, shutdown
 from fe_train.eval.ser_score import SERScore, evaluate_ser
 from fe_train.launch.env import LaunchEnv
+from fe_train.launch.progress import progress_bar
 from fe_train.model.freezing import count_params
 from fe_train.model.pretrained import precision_dtype
 
@@ -42,7 +43,9 @@ def evaluate(recipe, cfg: Config, launch: LaunchEnv) -> SERScore:
         geometry = eval_geometry(shards, launch.world_size, cfg.data.num_workers, cfg.train.micro_batch_size)
         build = recipe.example_builder(cfg, engine.module, tokenizer)
         stream = ShardStream(shards, launch.rank, geometry, cfg.train.seed, False, build, Collate(tokenizer.pad_token_id))
-        score = evaluate_ser(engine.module, build_loader(stream), tokenizer, device, cfg.emotion.eval_max_new_tokens)
+        batches = progress_bar("eval-ser", "batch", cfg.run.progress_bar, launch.is_main, total=len(stream),
+                               iterable=build_loader(stream))
+        score = evaluate_ser(engine.module, batches, tokenizer, device, cfg.emotion.eval_max_new_tokens)
     except BaseException:
         shutdown(synchronize=False)
         raise

@@ -29,6 +29,7 @@ from fe_train.eval.registry import task_class
 from fe_train.eval.report import write_report
 from fe_train.eval.tasks import run_task
 from fe_train.launch.env import LaunchEnv
+from fe_train.launch.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,13 @@ def task_stream(task, tokenizer, shards: list[Shard], rank: int, world_size: int
     return ShardStream(shards, rank, geometry, cfg.train.seed, False, task.build, Collate(tokenizer.pad_token_id))
 
 
-def score_stream(task, model, stream: ShardStream, device: torch.device) -> tuple[list[dict], Counter]:
-    """Every rank's records (sorted by key) and skipped samples (collective)."""
+def score_stream(task, model, stream: ShardStream, device: torch.device, bar: bool | None = False,
+                 is_main: bool = True) -> tuple[list[dict], Counter]:
+    """Every rank's records (sorted by key) and skipped samples (collective); ``bar``: ``run.progress_bar``."""
     stream.set_epoch(0)
-    records, skipped = run_task(task, model, build_loader(stream, pin_memory=device.type == "cuda"), device)
+    batches = progress_bar(f"eval {task.name}", "batch", bar, is_main, total=len(stream),
+                           iterable=build_loader(stream, pin_memory=device.type == "cuda"))
+    records, skipped = run_task(task, model, batches, device)
     return gather_records(records, skipped)
 
 
@@ -75,7 +79,7 @@ def evaluate(task_name: str, checkpoints: list[str], shards: str, out_dir: str, 
         placed = place(cfg, exports, launch, device)
         task = task_class(task_name)(cfg, placed.model, placed.tokenizer, placed.synced)
         stream = task_stream(task, placed.tokenizer, shard_list, launch.rank, launch.world_size, cfg)
-        records, skipped = score_stream(task, placed.model, stream, device)
+        records, skipped = score_stream(task, placed.model, stream, device, cfg.run.progress_bar, launch.is_main)
     except BaseException:
         shutdown(synchronize=False)
         raise

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fe_train.config import EMOTIONS
+from fe_train.data.collate import to_device
 from fe_train.eval.emotion_word import label_word
 from fe_train.eval.speech_replies import left_align, prompt_lengths
 
@@ -46,7 +47,7 @@ def evaluate_ser(model, batches: Iterable[dict], tokenizer, device: torch.device
     distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
     counts = torch.zeros(3 + len(EMOTIONS) * (len(EMOTIONS) + 1), dtype=torch.float64)
     for batch in batches:
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = to_device(batch, device)
         embeds, emotion = model.embed_with_emotion(batch)
         inputs, mask = left_align(embeds, prompt_lengths(batch))
         new = model.llm.generate(inputs_embeds=inputs, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,

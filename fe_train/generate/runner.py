@@ -28,6 +28,7 @@ from fe_train.generate.plan import Batch, GenerationPlan, Item
 from fe_train.generate.replies import Reply, Sampling, decode, eos_ids, generate_batch, prompt_ids
 from fe_train.generate.tasks import Task, build_task
 from fe_train.launch.env import LaunchEnv
+from fe_train.launch.progress import progress_bar
 from fe_train.model.frozen_llm import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def _generate(cfg, task, tokenizer, plan, store, launch, device, skips) -> Summa
     # ZeRO-3 gathers weights in every forward: a rank out of batches keeps stepping on a dummy prompt.
     steps = plan.steps(pending, launch.world_size) if placed is not None and placed.synced else len(mine)
     writer = PartWriter(store, cfg.generate.batches_per_part)
-    progress = Progress(sum(len(b.items) for b in mine), launch.is_main and cfg.run.progress_bar)
+    progress = Progress(sum(len(b.items) for b in mine), cfg.run.progress_bar, launch.is_main)
     start = time.perf_counter()
     for step in range(steps):
         batch = mine[step] if step < len(mine) else None
@@ -197,23 +198,17 @@ class PartWriter:
 class Progress:
     """This rank's counts, and on rank 0 a tqdm bar in generations per second with tokens per second."""
 
-    def __init__(self, total: int, show: bool):
+    def __init__(self, total: int, setting: bool | None, is_main: bool):
         self.generated = self.tokens = self.unfinished = 0
         self.start = time.perf_counter()
-        self.bar = None
-        if show:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="gen", desc="generate", dynamic_ncols=True, leave=True)
+        self.bar = progress_bar("generate", "gen", setting, is_main, total=total)
 
     def advance(self, records: list[dict]) -> None:
         self.generated += len(records)
         self.tokens += sum(r["new_tokens"] for r in records)
         self.unfinished += sum(not r["finished"] for r in records)
-        if self.bar is not None:
-            self.bar.update(len(records))
-            self.bar.set_postfix(tok_s=f"{self.tokens / max(time.perf_counter() - self.start, 1e-9):.1f}")
+        self.bar.update(len(records))
+        self.bar.set_postfix(tok_s=f"{self.tokens / max(time.perf_counter() - self.start, 1e-9):.1f}", refresh=False)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()

@@ -13,6 +13,7 @@ from typing import Any
 from fe_train.config import Config, RunConfig
 from fe_train.config.sections import WANDB_MODES
 from fe_train.errors import UserError
+from fe_train.launch.progress import bar_wanted, progress_bar
 from fe_train.tracking.wandb_sink import WandbSink
 
 log = logging.getLogger("fe_train")
@@ -52,12 +53,9 @@ class Tracker:
                 settings=dict(console="off", silent=True, x_disable_stats=True),
             ))
 
-    def start_bar(self, total: int, initial: int, enabled: bool) -> None:
-        if self.is_main and enabled:
-            from tqdm import tqdm
-
-            tqdm.monitor_interval = 0  # no monitor thread in a rank that forks DataLoader workers
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+    def start_bar(self, total: int, initial: int, setting: bool | None) -> None:
+        if bar_wanted(setting, self.is_main):
+            self.bar = progress_bar("train", "step", setting, self.is_main, total=total, initial=initial)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.is_main:
