@@ -17,12 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+from fe_train.config.files import shipped
 from fe_train.errors import UserError
 from fe_train.tracking.tracker import read_metrics
 
 log = logging.getLogger(__name__)
 
-PRESET = Path(__file__).resolve().parents[1] / "configs" / "stage1_tiny.yaml"
+PRESET = shipped("configs/stage1_tiny.yaml")
 
 
 def launch_command(nproc: int, config: Path, overrides: list[str]) -> list[str]:

@@ -6,11 +6,11 @@ import dataclasses
 import os
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fe_train.config.files import shipped_file
 from fe_train.errors import UserError
 
 
@@ -29,7 +29,8 @@ def merge_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
+    """A config file (a relative path also among the shipped ``configs/``)."""
+    path = shipped_file(path)
     if not path.is_file():
         raise UserError(f"config file {path}: no such file")
     try:
@@ -47,7 +48,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def key_lines(path: str | os.PathLike) -> dict[str, int]:
     """``section`` and ``section.key`` -> the line they are written on in a YAML config file (for error messages)."""
     lines: dict[str, int] = {}
-    root = yaml.compose(Path(path).read_text())
+    root = yaml.compose(shipped_file(path).read_text())
     if not isinstance(root, yaml.MappingNode):
         return lines
     for section, body in root.value:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from fe_train.config import Config
+from fe_train.config.files import shipped_file
 from fe_train.errors import UserError
 
 INJECTED = (
@@ -22,17 +22,12 @@ INJECTED = (
 """Keys the run config owns; a ds_config JSON that sets one is rejected (no second source of truth)."""
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
 def read_policy(path: str) -> dict[str, Any]:
     """Load a ds_config JSON and check that it holds engine and memory policy only.
 
-    A relative path is looked up in the working directory, then in the project checkout.
+    A relative path is looked up in the working directory, then among the shipped ``ds_configs/``.
     """
-    file = Path(path)
-    if not file.is_file() and not file.is_absolute() and (PROJECT_ROOT / file).is_file():
-        file = PROJECT_ROOT / file
+    file = shipped_file(path)
     if not file.is_file():
         raise UserError(f"config engine.ds_config = {path!r}: no such file (expected a JSON under ds_configs/)")
     try:
