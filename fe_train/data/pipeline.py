@@ -51,7 +51,7 @@ def resolve_shards(pattern: str, what: str = "data.train_shards") -> list[Shard]
         raise UserError(f"{what} = {pattern!r} matches no shard (expected .tar files written by fe-shards build)")
     counts = _indexed_counts(urls)
     uncounted = [url for url in urls if url not in counts]
-    for url in progress_bar("scan shard headers (no index.json)", "shard", None, iterable=uncounted) if len(uncounted) > 1 else uncounted:
+    for url in progress_bar("scan shard headers (no index.json)", "shard", None, iterable=uncounted):
         counts[url] = count_samples(url)
     return [Shard(url, counts[url]) for url in urls]
 
