@@ -32,14 +32,15 @@ from fe_train.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
-SUMMED = ("loss_sum", "n_tokens", "n_correct", "samples", "flops")
+SUMMED = ("loss_sum", "n_tokens", "n_correct", "samples", "flops", "rows", "positions", "real_positions")
 
 
 class Meter:
     """Sums of a stage's outputs between two log points, reduced over ranks on read.
 
     ``flops(batch)`` counts a micro-batch's model FLOPs; with ``peak`` (FLOP/s per device)
-    the meter also reports MFU.
+    the meter also reports MFU. ``seq_len`` is the mean padded length of a micro-batch row and
+    ``padding`` the fraction of those positions that are padding (what length-grouping saves).
     """
 
     def __init__(self, flops=None, peak: float = 0.0):
@@ -52,8 +53,10 @@ class Meter:
     def add(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         n_tokens = float(out["n_tokens"])
         flops = self.flops(batch) if self.flops is not None else 0.0
+        mask = batch["attention_mask"]  # (B, T)
         self.sums += torch.tensor(
-            [float(out["loss"].detach()) * n_tokens, n_tokens, float(out["n_correct"]), float(batch["weight"].sum()), flops],
+            [float(out["loss"].detach()) * n_tokens, n_tokens, float(out["n_correct"]), float(batch["weight"].sum()), flops,
+             mask.shape[0], mask.numel(), float(mask.sum())],
             dtype=torch.float64,
         )
         self.skipped.update(batch.get("skipped", {}))
@@ -61,14 +64,18 @@ class Meter:
 
     def reduce(self, device: torch.device, prefix: str) -> dict[str, float]:
         sums = all_reduce_sum(self.sums.to(device)).cpu()
-        loss_sum, n_tokens, n_correct, samples, flops = sums.tolist()
+        loss_sum, n_tokens, n_correct, samples, flops, rows, positions, real = sums.tolist()
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         metrics = {
             f"{prefix}/loss": loss_sum / max(n_tokens, 1.0),
             f"{prefix}/token_acc": n_correct / max(n_tokens, 1.0),
             f"{prefix}/samples": samples,
             f"{prefix}/samples_per_s": samples / elapsed,
+            f"{prefix}/seq_len": positions / max(rows, 1.0),
+            f"{prefix}/padding": 1.0 - real / max(positions, 1.0),
         }
+        if device.type == "cuda":
+            metrics[f"{prefix}/gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         if flops:
             world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
             metrics[f"{prefix}/tflops_per_s_per_rank"] = flops / elapsed / world / 1e12
