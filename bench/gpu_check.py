@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -106,6 +107,7 @@ class Check:
     def train(self, name: str, config: str, overrides: list[str], steps: int, timeout: float) -> list[dict]:
         """``fe-train train`` on one rank for ``steps`` logged micro-batch steps; the metrics it logged."""
         out = self.work / "runs" / name
+        shutil.rmtree(out, ignore_errors=True)  # a rerun measures afresh
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port()),
                "-m", "fe_train", "train", "--config", config, *overrides, f"run.output_dir={out}",
                "run.wandb_mode=disabled", "run.progress_bar=false", "train.log_every=1", "train.eval_every=0",

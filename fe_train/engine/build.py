@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from datetime import timedelta
@@ -83,6 +84,15 @@ class PartitionedBuild:
 
     def __exit__(self, *exc):
         return False
+
+
+class WholeBuild(contextlib.nullcontext):
+    """``partitioned()`` of a plan that keeps the frozen models whole: every part loads plainly, none under zero.Init."""
+
+    def load_causal_lm(self, path: str, dtype: torch.dtype, activation_checkpointing: bool = False) -> nn.Module:
+        from fe_train.model.frozen_llm import load_llm
+
+        return load_llm(path, dtype, activation_checkpointing)
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float):

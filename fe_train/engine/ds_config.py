@@ -44,6 +44,17 @@ def read_policy(path: str) -> dict[str, Any]:
     return policy
 
 
+WHOLE = 10**12
+"""A ``stage3_param_persistence_threshold`` at least this large keeps every tensor whole (``zero3_replicated.json``)."""
+
+
+def keeps_frozen_whole(ds: dict[str, Any]) -> bool:
+    """The policy keeps every frozen weight whole on every rank: the frozen models then stay out of the engine
+    (``fe_train.model.freezing.keep_frozen_outside``) and only the trained modules are ZeRO-3's."""
+    zero = ds["zero_optimization"]
+    return zero["stage"] == 3 and zero.get("stage3_param_persistence_threshold", 0) >= WHOLE
+
+
 def gradient_accumulation(cfg: Config, world_size: int) -> int:
     """Micro-batches per rank per optimizer step: global batch / (micro batch x ranks), a whole number."""
     glob, micro = cfg.train.global_batch_size, cfg.train.micro_batch_size

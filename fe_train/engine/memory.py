@@ -5,7 +5,7 @@ and W ranks (ZeRO partitions over all of them):
 
 | plan | frozen LLM + encoder | trainable (bf16 weight + fp32 master + 2 AdamW moments) |
 |---|---|---|
-| replicated (``zero3_replicated.json``: ZeRO-3 that keeps every tensor whole) | 2 N | 2 T + 12 T / W |
+| replicated (``zero3_replicated.json``: frozen models whole beside the engine) | 2 N | 2 T + 12 T / W |
 | partitioned (``zero3.json``) | 2 N / W + gather buffers | 2 T / W + 12 T / W |
 | offloaded (``zero3_offload.json``) | gather buffers (the rest in host memory) | 2 T / W (master and moments on the host) |
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -10,7 +9,6 @@ import torch
 from torch import nn
 
 from fe_train.config import Config
-from fe_train.model.frozen_llm import load_llm
 from fe_train.model.pretrained import precision_dtype
 
 
@@ -24,14 +22,9 @@ class PlacedModel:
     """The DeepSpeed engine that owns the partitioning hooks, kept alive with the model."""
 
 
-class WholeBuild(contextlib.nullcontext):
-    """``partitioned()`` of a replicated model: the recipes' builders load every part whole."""
-
-    def load_causal_lm(self, path: str, dtype: torch.dtype, activation_checkpointing: bool = False) -> nn.Module:
-        return load_llm(path, dtype, activation_checkpointing)
-
-
 def replicate(cfg: Config, build: Callable, device: torch.device, world_size: int) -> PlacedModel:
+    from fe_train.engine.build import WholeBuild
+
     model, tokenizer = build(precision_dtype(cfg.train.precision), WholeBuild)
     return PlacedModel(model.to(device).eval(), tokenizer, synced=False)
 

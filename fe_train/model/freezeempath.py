@@ -20,6 +20,7 @@ from torch import nn
 
 from fe_train.data.prompt import IGNORE, SLOTS
 from fe_train.data.speech_input import encoder_frames
+from fe_train.model.freezing import Assembly
 from fe_train.model.next_token_loss import next_token_loss
 from fe_train.model.splice import splice, valid_rows
 
@@ -27,7 +28,7 @@ SPEECH_SLOT = SLOTS["<speech>"]
 EMOTION_SLOT = SLOTS["<emotion>"]
 
 
-class FreezeEmpath(nn.Module):
+class FreezeEmpath(Assembly):
     def __init__(self, llm: nn.Module, encoder: nn.Module | None = None, adapter: nn.Module | None = None,
                  emotion_extractor: nn.Module | None = None, ser_head: nn.Module | None = None, aux_weight: float = 0.0):
         super().__init__()

@@ -11,14 +11,14 @@ the embedding of ``<sep>``, a unit or eos. Only ``decoder`` and ``fusion`` train
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from fe_train.model.freezeempath import FreezeEmpath
+from fe_train.model.freezing import Assembly
 from fe_train.model.fusion import GatedFusion, paired_states
 from fe_train.model.speech_decoder import SpeechDecoder
 
 
-class SpokenReply(nn.Module):
+class SpokenReply(Assembly):
     def __init__(self, speech_llm: FreezeEmpath, decoder: SpeechDecoder, fusion: GatedFusion):
         super().__init__()
         self.speech_llm = speech_llm

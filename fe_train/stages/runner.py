@@ -22,13 +22,21 @@ from fe_train.data.collate import Collate
 from fe_train.data.pipeline import Example, RawSample, ShardStream, resolve_shards
 from fe_train.data.plan import Geometry, Shard, eval_geometry
 from fe_train.engine import ds_config
-from fe_train.engine.build import PartitionedBuild, barrier, build_engine, init_distributed, shutdown
+from fe_train.engine.build import (
+    PartitionedBuild,
+    WholeBuild,
+    barrier,
+    build_engine,
+    cast_unpartitioned,
+    init_distributed,
+    shutdown,
+)
 from fe_train.engine.export import export_modules
 from fe_train.engine.loop import Trainer, total_steps
 from fe_train.engine.universal import convert, enable_universal_load
 from fe_train.errors import UserError
 from fe_train.launch.env import LaunchEnv
-from fe_train.model.freezing import set_trainable
+from fe_train.model.freezing import keep_frozen_outside, set_trainable
 from fe_train.model.pretrained import precision_dtype
 from fe_train.tracking.flops import FlopCounter, peak_flops
 from fe_train.tracking.plot import plot_losses
@@ -121,10 +129,18 @@ def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, hooks: Hoo
 
 def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: Hooks, make_evaluators) -> Outcome:
     ds = ds_config.resolve(cfg, launch.world_size)
+    whole = ds_config.keeps_frozen_whole(ds)
+    dtype = precision_dtype(cfg.train.precision)
     torch.manual_seed(cfg.train.seed)  # identical trainable init on every rank and world size
-    model, tokenizer = recipe.build_model(cfg, precision_dtype(cfg.train.precision), lambda: PartitionedBuild(ds))
+    model, tokenizer = recipe.build_model(cfg, dtype, WholeBuild if whole else lambda: PartitionedBuild(ds))
     counts = set_trainable(model, recipe.trains)
     log.info("stage %s: %s; training %s", recipe.name, counts.describe(), ", ".join(recipe.trains))
+    if whole:
+        outside = keep_frozen_outside(model)
+        for part in outside.values():
+            cast_unpartitioned(part, dtype)
+            part.to(device)
+        log.info("%s: frozen %s whole on every rank, outside the engine", cfg.engine.ds_config, ", ".join(outside))
 
     build = recipe.example_builder(cfg, model, tokenizer)
     collate = Collate(tokenizer.pad_token_id)

@@ -11,7 +11,7 @@ from fe_train import stages
 from fe_train.launch.logs import setup_logging
 from fe_train.config import Config
 from fe_train.launch.env import from_environ
-from fe_train.model.freezing import numel
+from fe_train.model.freezing import numel, outside_parts
 from fe_train.model.frozen_llm import load_llm
 from fe_train.model.speech_encoder import WhisperSpeechEncoder
 from fe_train.stages import runner
@@ -32,7 +32,10 @@ def inspect(trainer):
     engine = trainer.engine
     model = engine.module
     mismatched, checked, frozen_elems, trainable_elems, dtypes = [], 0, 0, 0, set()
-    for name, param in model.named_parameters():
+    outside = outside_parts(model)  # frozen parts a replicated plan keeps out of the engine
+    in_engine_frozen = sum(numel(p) for p in model.parameters() if not p.requires_grad)
+    named = [*model.named_parameters(), *((f"{part}.{n}", p) for part, m in outside.items() for n, p in m.named_parameters())]
+    for name, param in named:
         if param.requires_grad:
             trainable_elems += numel(param)
             dtypes.add(str(param.dtype))
@@ -54,6 +57,8 @@ def inspect(trainer):
         trainable_elems=trainable_elems, optimizer_tracks_only_trainable=all(id(p) in trainable_ids for p in tracked),
         optimizer_tracked_elems=sum(numel(p) for p in tracked), optimizer_state_elems=int(sums[0]),
         fp32_partition_elems=int(sums[1]), trainable_tensors=len(tracked), world_size=launch.world_size,
+        outside=sorted(outside), outside_requires_grad=any(p.requires_grad for m in outside.values() for p in m.parameters()),
+        in_engine_frozen_elems=in_engine_frozen, outside_devices=sorted({str(p.device) for m in outside.values() for p in m.parameters()}),
         trainable_dtypes=sorted(dtypes), master_dtypes=sorted({str(t.dtype) for t in opt.fp32_partitioned_groups_flat}),
     )
 
