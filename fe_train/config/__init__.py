@@ -18,12 +18,13 @@ import yaml
 from fe_train.config.checks import require
 from fe_train.config.decoder import DecoderConfig
 from fe_train.config.emotion import CONTENT_SOURCES, EMOTION_SOURCES, EmotionConfig
-from fe_train.config.evaluation import EVAL_CONTROLS, EVAL_PLACEMENTS, EvalConfig
-from fe_train.config.generate import LLM_PLACEMENTS, GenerateConfig
+from fe_train.config.evaluation import EVAL_CONTROLS, EvalConfig
+from fe_train.config.generate import GenerateConfig
 from fe_train.config.loading import from_tree, key_lines, merge_overrides, read_yaml
 from fe_train.config.prompts import EMOTION_TURN, EMPATHY_SYSTEM, HELPFUL_SYSTEM
 from fe_train.config.sections import (
     EMOTIONS,
+    PLACEMENTS,
     PRECISIONS,
     SAMPLE_RATE_HZ,
     DataConfig,
@@ -35,8 +36,8 @@ from fe_train.config.sections import (
 )
 
 __all__ = [
-    "CONTENT_SOURCES", "EMOTIONS", "EMOTION_SOURCES", "EMOTION_TURN", "EMPATHY_SYSTEM", "HELPFUL_SYSTEM", "EVAL_CONTROLS", "EVAL_PLACEMENTS",
-    "LLM_PLACEMENTS", "PRECISIONS", "SAMPLE_RATE_HZ", "Config", "DataConfig", "DecoderConfig", "EmotionConfig", "EngineConfig",
+    "CONTENT_SOURCES", "EMOTIONS", "EMOTION_SOURCES", "EMOTION_TURN", "EMPATHY_SYSTEM", "HELPFUL_SYSTEM", "EVAL_CONTROLS", "PLACEMENTS",
+    "PRECISIONS", "SAMPLE_RATE_HZ", "Config", "DataConfig", "DecoderConfig", "EmotionConfig", "EngineConfig",
     "EvalConfig", "GenerateConfig", "ModelConfig", "PromptConfig", "RunConfig", "TrainConfig", "from_tree",
     "merge_overrides", "read_yaml", "require",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fe_train.config.checks import require
+from fe_train.config.sections import PLACEMENTS
 
-EVAL_PLACEMENTS = ("replicate", "zero3")
 EVAL_CONTROLS = ("speech", "transcript", "gold_label", "random_label", "extractor")
 
 
@@ -44,7 +44,7 @@ class EvalConfig:
                  "a list of task names")
         for key in ("batch_size", "max_new_tokens", "bootstrap_resamples"):
             require(getattr(self, key) >= 1, f"eval.{key}", getattr(self, key), "an integer >= 1")
-        require(self.placement in EVAL_PLACEMENTS, "eval.placement", self.placement, f"one of {EVAL_PLACEMENTS}")
+        require(self.placement in PLACEMENTS, "eval.placement", self.placement, f"one of {PLACEMENTS}")
         require(0.0 < self.confidence < 1.0, "eval.confidence", self.confidence, "a fraction in (0, 1)")
         require(self.control in EVAL_CONTROLS, "eval.control", self.control, f"one of {EVAL_CONTROLS}")
         require(isinstance(self.controls, list) and bool(self.controls) and set(self.controls) <= set(EVAL_CONTROLS),

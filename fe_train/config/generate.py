@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 
 from fe_train.config.checks import require
 from fe_train.config.prompts import EMOTION_TURN, EMPATHY_SYSTEM, SYSTEM_PROMPTS, named
-from fe_train.config.sections import EMOTIONS, PRECISIONS
-
-LLM_PLACEMENTS = ("replicate", "zero3")
+from fe_train.config.sections import EMOTIONS, PLACEMENTS, PRECISIONS
 
 
 @dataclass
@@ -48,7 +46,7 @@ class GenerateConfig:
 
     def __post_init__(self):
         self.empathy_system = named(self.empathy_system, SYSTEM_PROMPTS)
-        require(self.llm_placement in LLM_PLACEMENTS, "generate.llm_placement", self.llm_placement, f"one of {LLM_PLACEMENTS}")
+        require(self.llm_placement in PLACEMENTS, "generate.llm_placement", self.llm_placement, f"one of {PLACEMENTS}")
         require(self.precision in PRECISIONS, "generate.precision", self.precision, f"one of {PRECISIONS}")
         for key in ("batch_size", "max_new_tokens", "batches_per_part"):
             require(getattr(self, key) >= 1, f"generate.{key}", getattr(self, key), "an integer >= 1")

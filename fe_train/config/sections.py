@@ -9,6 +9,8 @@ from fe_train.config.checks import require
 from fe_train.config.prompts import HELPFUL_SYSTEM, SYSTEM_PROMPTS, USER_TURNS, named
 
 PRECISIONS = ("bf16", "fp32")
+PLACEMENTS = ("replicate", "zero3")
+"""Where a frozen model lives for inference (``eval.placement``, ``generate.llm_placement``): ``fe_train.engine.placement``."""
 WANDB_MODES = ("offline", "online", "disabled")
 EMOTIONS = ("angry", "surprised", "happy", "sad", "neutral")
 """The five emotion classes, in the order of the released FreezeEmpath code."""

@@ -21,15 +21,16 @@ import numpy as np
 
 from fe_train.data.collate import Collate, to_device
 from fe_train.data.schema import Meta, SampleError
+from fe_train.engine.placement import place
 from fe_train.errors import UserError
 from fe_train.eval import assembly
 from fe_train.eval.assembly import speech_llm
 from fe_train.eval.checkpoints import load_config
-from fe_train.eval.placement import replicate
 from fe_train.eval.ser import head_labels
 from fe_train.eval.tasks import Replier, SpokenPrompt
 from fe_train.eval.vocoder import load_vocoder, write_wave
 from fe_train.generate.replies import Reply, decode
+from fe_train.model.pretrained import precision_dtype
 from fe_train.model.spoken_reply import SpokenReply
 from fe_train.model.streaming import speak
 
@@ -57,7 +58,9 @@ def infer(checkpoints: list[str], audio_path: str, out_dir: str, device, config_
     path = Path(audio_path)
     if not path.is_file():
         raise UserError(f"audio file {path}: no such file")
-    placed = replicate(cfg, lambda dtype, partitioned: assembly.build(cfg, set(exports), dtype, partitioned), device, 1)
+    dtype = precision_dtype(cfg.train.precision)
+    placed = place(lambda partitioned: assembly.build(cfg, set(exports), dtype, partitioned), "replicate",
+                   cfg.engine.ds_config, dtype, 1, device, 1, "fe-train infer")
     model = speech_llm(placed.model)
     prompt = SpokenPrompt(cfg, model, placed.tokenizer)
     try:

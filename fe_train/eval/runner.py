@@ -20,16 +20,18 @@ from fe_train.data.collate import Collate
 from fe_train.data.pipeline import ShardStream, build_loader, resolve_shards
 from fe_train.data.plan import Shard, eval_geometry
 from fe_train.data.schema import what_is_needed
+from fe_train.engine.placement import Placed
+from fe_train.engine.placement import place as place_model
 from fe_train.errors import UserError
 from fe_train.eval import assembly
 from fe_train.eval.checkpoints import load_config
 from fe_train.eval.gather import gather_records, repeated_keys
-from fe_train.eval.placement import PLACEMENTS, PlacedModel
 from fe_train.eval.registry import task_class
 from fe_train.eval.report import write_report
 from fe_train.eval.tasks import run_task
 from fe_train.launch.env import LaunchEnv
 from fe_train.launch.progress import progress_bar
+from fe_train.model.pretrained import precision_dtype
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,10 @@ def score_stream(task, model, stream: ShardStream, device: torch.device, bar: bo
     return gather_records(records, skipped)
 
 
-def place(cfg: Config, exports: dict[str, Path], launch: LaunchEnv, device: torch.device) -> PlacedModel:
-    def build(dtype, partitioned):
-        return assembly.build(cfg, set(exports), dtype, partitioned)
-
-    return PLACEMENTS[cfg.eval.placement](cfg, build, device, launch.world_size)
+def place(cfg: Config, exports: dict[str, Path], launch: LaunchEnv, device: torch.device) -> Placed:
+    dtype = precision_dtype(cfg.train.precision)
+    return place_model(lambda partitioned: assembly.build(cfg, set(exports), dtype, partitioned), cfg.eval.placement,
+                       cfg.engine.ds_config, dtype, cfg.eval.batch_size, device, launch.world_size, "eval.placement")
 
 
 def start(cfg: Config, launch: LaunchEnv) -> torch.device:

@@ -21,15 +21,16 @@ from fe_train.config import Config
 from fe_train.data.catalog import instruction_texts, text_digest
 from fe_train.data.manifest import Skips
 from fe_train.engine.build import barrier, device_for, init_distributed, shutdown
+from fe_train.engine.placement import Placed, place
 from fe_train.errors import UserError
 from fe_train.generate.parts import PartStore
-from fe_train.generate.placement import PLACEMENTS, PlacedLLM
 from fe_train.generate.plan import Batch, GenerationPlan, Item
 from fe_train.generate.replies import Reply, Sampling, decode, eos_ids, generate_batch, prompt_ids
 from fe_train.generate.tasks import Task, build_task
 from fe_train.launch.env import LaunchEnv
 from fe_train.launch.progress import progress_bar
 from fe_train.model.frozen_llm import load_tokenizer
+from fe_train.model.pretrained import precision_dtype
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _generate(cfg, task, tokenizer, plan, store, launch, device, skips) -> Summa
     mine = plan.for_rank(pending, launch.rank, launch.world_size)
     log.info("%d keys, %d with a reply already; %d pending batches over %d ranks (%s)", len(plan.keys),
              len(done & set(plan.keys)), len(pending), launch.world_size, cfg.generate.llm_placement)
-    placed = PLACEMENTS[cfg.generate.llm_placement](cfg, device, launch.world_size) if pending else None
+    placed = place_llm(cfg, tokenizer, device, launch.world_size) if pending else None
     # ZeRO-3 gathers weights in every forward: a rank out of batches keeps stepping on a dummy prompt.
     steps = plan.steps(pending, launch.world_size) if placed is not None and placed.synced else len(mine)
     writer = PartWriter(store, cfg.generate.batches_per_part)
@@ -140,7 +141,15 @@ def _generate(cfg, task, tokenizer, plan, store, launch, device, skips) -> Summa
     return _summarize(plan, store, done, totals.tolist(), skips)
 
 
-def _generate_step(cfg: Config, placed: PlacedLLM, tokenizer, batch: Batch | None, dummy: Batch) -> list[Reply]:
+def place_llm(cfg: Config, tokenizer, device: torch.device, world_size: int) -> Placed:
+    """The frozen LLM where ``generate.llm_placement`` says."""
+    dtype = precision_dtype(cfg.generate.precision)
+    return place(lambda partitioned: (partitioned().load_causal_lm(cfg.model.llm_path, dtype), tokenizer),
+                 cfg.generate.llm_placement, cfg.engine.ds_config, dtype, cfg.generate.batch_size, device, world_size,
+                 "generate.llm_placement")
+
+
+def _generate_step(cfg: Config, placed: Placed, tokenizer, batch: Batch | None, dummy: Batch) -> list[Reply]:
     source = batch if batch is not None else Batch(dummy.index, dummy.items[:1])
     torch.manual_seed(source.seed(cfg.generate.seed))  # sampled replies depend on the batch, never on the rank
     rows = [list(item.prompt_ids) for item in source.items]
