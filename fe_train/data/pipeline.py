@@ -222,6 +222,15 @@ def read_positions(url: str, needed: set[int]) -> dict[int, RawSample]:
     return found
 
 
+MIDRUN_WORKERS = 0
+"""DataLoader workers of the evaluations run during training: none, each rank reads its evaluation data itself.
+
+NOTE(torch): a DataLoader worker forked mid-epoch, while the training loader's workers and queue feeder threads
+run, now and then never delivered a batch (2-rank CPU runs with evaluations during training: 1 in about 40 here,
+and 3 red CI runs); its rank then waited forever and the other rank timed out in its next collective. Reading the
+evaluation data in the rank's own process forks nothing mid-run; evaluation sets are small.
+"""
+
 def build_loader(stream: ShardStream, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     workers = stream.geometry.num_workers
     return torch.utils.data.DataLoader(

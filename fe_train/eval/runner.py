@@ -17,7 +17,7 @@ import torch
 
 from fe_train.config import Config
 from fe_train.data.collate import Collate
-from fe_train.data.pipeline import ShardStream, build_loader, resolve_shards
+from fe_train.data.pipeline import MIDRUN_WORKERS, ShardStream, build_loader, resolve_shards
 from fe_train.data.plan import Shard, eval_geometry
 from fe_train.data.schema import what_is_needed
 from fe_train.engine.placement import Placed
@@ -36,9 +36,12 @@ from fe_train.model.pretrained import precision_dtype
 log = logging.getLogger(__name__)
 
 
-def task_stream(task, tokenizer, shards: list[Shard], rank: int, world_size: int, cfg: Config) -> ShardStream:
-    """The rank's prompt-only batches of ``shards`` in file order (no shuffle), ``eval.batch_size`` per batch."""
-    geometry = eval_geometry(shards, world_size, cfg.data.num_workers, cfg.eval.batch_size)
+def task_stream(task, tokenizer, shards: list[Shard], rank: int, world_size: int, cfg: Config,
+                workers: int | None = None) -> ShardStream:
+    """The rank's prompt-only batches of ``shards`` in file order (no shuffle), ``eval.batch_size`` per batch;
+    ``workers``: DataLoader workers (default ``data.num_workers``)."""
+    workers = cfg.data.num_workers if workers is None else workers
+    geometry = eval_geometry(shards, world_size, workers, cfg.eval.batch_size)
     return ShardStream(shards, rank, geometry, cfg.train.seed, False, task.build, Collate(tokenizer.pad_token_id))
 
 
@@ -133,5 +136,6 @@ def training_evaluators(cfg: Config, model, tokenizer, shards: list[Shard] | Non
     evaluators = []
     for name in cfg.eval.tasks:
         task = task_class(name)(cfg, model, tokenizer, synced=launch.world_size > 1)
-        evaluators.append(TrainingEvaluator(task, task_stream(task, tokenizer, shards, launch.rank, launch.world_size, cfg)))
+        stream = task_stream(task, tokenizer, shards, launch.rank, launch.world_size, cfg, workers=MIDRUN_WORKERS)
+        evaluators.append(TrainingEvaluator(task, stream))
     return evaluators

@@ -19,7 +19,7 @@ from torch import nn
 from fe_train.checkpoint.store import CheckpointStore, TrainerState
 from fe_train.config import Config
 from fe_train.data.collate import Collate
-from fe_train.data.pipeline import Example, RawSample, ShardStream, resolve_shards
+from fe_train.data.pipeline import MIDRUN_WORKERS, Example, RawSample, ShardStream, resolve_shards
 from fe_train.data.plan import Geometry, Shard, eval_geometry
 from fe_train.engine import ds_config
 from fe_train.engine.build import (
@@ -148,7 +148,7 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: 
     stream = getattr(recipe, "train_stream", default_stream)(cfg, shards, launch.rank, geometry, build, collate)
     eval_stream = None
     if eval_shards is not None:
-        eval_stream = ShardStream(eval_shards, launch.rank, eval_geometry(eval_shards, launch.world_size, cfg.data.num_workers,
+        eval_stream = ShardStream(eval_shards, launch.rank, eval_geometry(eval_shards, launch.world_size, MIDRUN_WORKERS,
                                                                           cfg.train.micro_batch_size),
                                   cfg.train.seed, False, build, collate)
 
