@@ -224,11 +224,7 @@ class Check:
             raise ItemError(f"needs item 1's exported adapter ({adapter})")
         overrides = [*self.model_overrides(self.world), f"data.train_shards={self.world.shards('ser')}",
                      "train.precision=bf16", f"train.init_adapter={adapter}"]
-        fig = self.steady(self.train("stage2a", self.config("stage2a"), overrides, self.args.warmup + self.args.steps,
-                                     self.args.timeout))
-        self.record("4a", f"stage 2a preset, micro {self.args.micro} x {fig['seq_len']:.0f} positions: "
-                    f"{fig['samples_per_s']:.2f} samples/s, {fig['tflops']:.4g} TFLOP/s, MFU {fig['mfu']:.3f}, "
-                    f"peak GPU memory {fig['mem_gib']:.1f} GiB", **fig)
+        self.preset("4a", "stage2a", overrides, "positions")
 
     def stage3a(self) -> None:
         world = self.world
@@ -236,9 +232,12 @@ class Check:
                      f"decoder.n_units={world.shapes.n_units}", f"data.train_shards={world.shards('units')}",
                      f"train.global_batch_size={self.args.micro}", f"train.micro_batch_size={self.args.micro}",
                      f"data.num_workers={self.args.workers}", "train.precision=bf16"]
-        fig = self.steady(self.train("stage3a", self.config("stage3a"), overrides, self.args.warmup + self.args.steps,
-                                     self.args.timeout))
-        self.record("4b", f"stage 3a preset, micro {self.args.micro} x {fig['seq_len']:.0f} LLM positions: "
+        self.preset("4b", "stage3a", overrides, "LLM positions")
+
+    def preset(self, item: str, stage: str, overrides: list[str], positions: str) -> None:
+        """A few steps of ``stage``'s preset: its samples/s, TFLOP/s, MFU and peak memory."""
+        fig = self.steady(self.train(stage, self.config(stage), overrides, self.args.warmup + self.args.steps, self.args.timeout))
+        self.record(item, f"{stage} preset, micro {self.args.micro} x {fig['seq_len']:.0f} {positions}: "
                     f"{fig['samples_per_s']:.2f} samples/s, {fig['tflops']:.4g} TFLOP/s, MFU {fig['mfu']:.3f}, "
                     f"peak GPU memory {fig['mem_gib']:.1f} GiB", **fig)
 
