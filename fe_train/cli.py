@@ -1,4 +1,4 @@
-"""Command-line entry points: ``fe-train`` (train, generate, eval-ser, demo) and ``fe-shards`` (build, join, verify).
+"""Command-line entry points: ``fe-train`` (train, generate, eval, infer, demo) and ``fe-shards`` (build, join, verify).
 
 A ``UserError`` anywhere ends the command with ``error: <message>`` on one line
 and exit status 2.
@@ -74,28 +74,6 @@ def _config(args) -> int:
     if key not in tree.get(section, {}):
         raise UserError(f"--get {args.get!r}: expected section.key of the config, e.g. run.output_dir")
     print(tree[section][key])
-    return 0
-
-
-def _eval_ser(args) -> int:
-    import json
-
-    from fe_train import stages
-    from fe_train.config import Config
-    from fe_train.eval.exports import evaluate
-    from fe_train.launch.env import from_environ
-
-    launch = from_environ()
-    setup_rank(launch.rank)
-    cfg = Config.load(args.config, args.overrides)
-    score = evaluate(stages.recipe(cfg.train.stage), cfg, launch)
-    if launch.is_main:
-        record = {"eval_shards": cfg.data.eval_shards, "emotion_source": cfg.emotion.emotion_source,
-                  "content_source": cfg.emotion.content_source, **score.as_dict()}
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(record, indent=1))
-        print(json.dumps(record))
     return 0
 
 
@@ -245,12 +223,6 @@ def train_main(argv: list[str] | None = None) -> int:
     show.add_argument("--get", default="", help="print only this section.key, e.g. run.output_dir")
     show.add_argument("overrides", nargs="*", help="section.key=value overrides")
     show.set_defaults(run=_config)
-    eval_ser = sub.add_parser("eval-ser", help="SER accuracy of exports on data.eval_shards (generated word and SER head)")
-    eval_ser.add_argument("--config", required=True, help="YAML file of overrides, e.g. configs/stage2a_tiny.yaml")
-    eval_ser.add_argument("--out", default="", help="also write the result as JSON to this file")
-    eval_ser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
-    eval_ser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. emotion.emotion_source=random_word")
-    eval_ser.set_defaults(run=_eval_ser)
     demo = sub.add_parser("demo", help="build tiny models and data, train stage 1 on 2 CPU processes")
     demo.add_argument("--out", default="demo_out", help="folder for models, shards and the run")
     demo.add_argument("--nproc", type=int, default=2, help="training processes")

@@ -124,7 +124,7 @@ def test_presets_name_the_recipe_prompts():
 
     cfg = Config.load(REPO / "configs" / "stage2b_paper.yaml")
     assert cfg.prompt.system == EMPATHY_SYSTEM and cfg.prompt.user_speech == EMOTION_TURN
-    assert cfg.emotion.ser_user.startswith(EMOTION_TURN) and cfg.generate.empathy_system == EMPATHY_SYSTEM
+    assert cfg.emotion.ser_question and cfg.generate.empathy_system == EMPATHY_SYSTEM
     assert Config.load(None, ["prompt.system=Be brief."]).prompt.system == "Be brief."
     assert Config.load(None, ["prompt.system=empathy"]).to_dict()["prompt"]["system"] == EMPATHY_SYSTEM
 

@@ -16,8 +16,9 @@ from fe_train.data.collate import Collate
 from fe_train.data.features import LogMel
 from fe_train.data.pipeline import Example
 from fe_train.data.prompt import IGNORE, SLOTS, PromptLayout
+from fe_train.data.schema import SampleError
 from fe_train.data.speech_input import encoder_frames, speech_token_count
-from fe_train.data.user_turn import UserTurn, random_word
+from fe_train.data.user_turn import UserTurn, random_label
 from fe_train.errors import UserError
 from fe_train.fixtures import tiny
 from fe_train.model.adapter import StackFFNAdapter
@@ -45,7 +46,7 @@ def clip(logmel, seconds, seed):
     return logmel((np.random.default_rng(seed).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32))
 
 
-def examples(layout, logmel, emotion_clips=None, controls=("extractor", "true_word")):
+def examples(layout, logmel, emotion_clips=None, controls=("speech", "gold_label")):
     out = []
     for row, control in enumerate(controls):
         mel = clip(logmel, 1.0 + 0.7 * row, seed=row)
@@ -76,7 +77,7 @@ def test_emotion_vector_lands_on_its_slot_from_the_content_clip(parts):
     assert speech[-1] < position  # "<speech>(with a <emotion> ...": speech first
     assert torch.allclose(embeds[0, position], expected[0], atol=1e-6)
     assert torch.allclose(embeds[0, speech], tokens[0, : counts[0]], atol=1e-6)
-    # Row 1 (the true-word control) has no emotion slot: its prompt is text and speech only.
+    # Row 1 (the gold-label control) has no emotion slot: its prompt is text and speech only.
     assert not (slots[1] == SLOTS["<emotion>"]).any()
     text_positions = slots == 0
     assert torch.equal(embeds[text_positions], text[text_positions])
@@ -86,7 +87,7 @@ def test_emotion_vector_lands_on_its_slot_from_the_content_clip(parts):
 def test_a_separate_emotion_clip_feeds_the_extractor(parts):
     model, tokenizer, layout, logmel = parts
     other = [clip(logmel, 2.5, seed=10), clip(logmel, 0.6, seed=11)]
-    batch = Collate(tokenizer.pad_token_id)(examples(layout, logmel, other, controls=("extractor", "extractor")))
+    batch = Collate(tokenizer.pad_token_id)(examples(layout, logmel, other, controls=("speech", "speech")))
     with torch.no_grad():
         embeds, emotion = model.embed_with_emotion(batch)
         _, blocks = model.encoder(batch["emotion_mel"], batch["emotion_mel_pad_value"], all_blocks=True)
@@ -99,7 +100,7 @@ def test_a_separate_emotion_clip_feeds_the_extractor(parts):
 
 def test_loss_adds_the_weighted_ser_cross_entropy_without_padding_rows(parts):
     model, tokenizer, layout, logmel = parts
-    rows = examples(layout, logmel, controls=("extractor", "extractor"))
+    rows = examples(layout, logmel, controls=("speech", "speech"))
     rows[1] = Example(rows[1].key, rows[1].fields, pad=True)
     batch = Collate(tokenizer.pad_token_id)(rows)
     batch["emotion_label"] = torch.tensor([3, 0])
@@ -117,14 +118,19 @@ def test_loss_adds_the_weighted_ser_cross_entropy_without_padding_rows(parts):
 def test_controls_render_words_and_transcripts():
     template = "<speech>(with a <emotion> emotional tone)."
     assert UserTurn(template).render("k", "hello", "sad") == template
-    assert UserTurn(template, "true_word").render("k", "hello", "sad") == "<speech>(with a sad emotional tone)."
-    assert UserTurn(template, "extractor", "transcript").render("k", "hello", "sad") == "hello(with a <emotion> emotional tone)."
-    turn = UserTurn(template, "random_word", "transcript", seed=5)
-    assert not turn.speech_slot and not turn.emotion_slot and UserTurn(template).emotion_slot
-    words = [random_word(5, f"key{i}") for i in range(2000)]
-    assert turn.render("key7", "hi", "sad") == f"hi(with a {words[7]} emotional tone)."
+    assert UserTurn(template, "gold_label").render("k", "hello", "sad") == "<speech>(with a sad emotional tone)."
+    assert UserTurn(template, "transcript").render("k", "hello", "sad") == "hello(with a <emotion> emotional tone)."
+    turn = UserTurn(template, "random_label", seed=5)
+    assert turn.speech_slot and not turn.emotion_slot and UserTurn(template).emotion_slot
+    assert not UserTurn(template, "transcript").speech_slot and UserTurn(template, "transcript").emotion_slot
+    words = [random_label(5, f"key{i}") for i in range(2000)]
+    assert turn.render("key7", "hi", "sad") == f"<speech>(with a {words[7]} emotional tone)."
     counts = np.bincount([["angry", "surprised", "happy", "sad", "neutral"].index(w) for w in words], minlength=5)
     assert counts.min() > 340 and counts.max() < 460  # uniform: 400 each
+    with pytest.raises(SampleError, match="missing_field:text"):
+        UserTurn(template, "transcript").render("k", "", "sad")
+    with pytest.raises(SampleError, match="missing_field:emotion"):
+        UserTurn(template, "gold_label").render("k", "hi", None)
 
 
 def test_stage2_presets_hold_the_paper_numbers():
@@ -140,8 +146,8 @@ def test_stage2_presets_hold_the_paper_numbers():
 
 
 def test_stage2_config_errors_name_the_key():
-    with pytest.raises(UserError, match="emotion.emotion_source = 'label'"):
-        Config.load(None, ["emotion.emotion_source=label"])
+    with pytest.raises(UserError, match="eval.control = 'label'"):
+        Config.load(None, ["eval.control=label"])
     with pytest.raises(UserError, match="emotion.ser_mix_ratio = 1.0"):
         Config.load(None, ["emotion.ser_mix_ratio=1"])
     cfg = Config.load(REPO / "configs" / "stage2a_tiny.yaml")

@@ -55,6 +55,34 @@ def test_prompt_comes_from_the_last_run_training_a_prompt_module(runs, tmp_path)
     assert cfg.model.encoder_path == "/m/whisper"  # named by the first run only
 
 
+def test_a_run_brings_the_trained_modules_it_started_from(runs, tmp_path):
+    """``--ckpt runs/stage2a`` alone: its config's ``train.init_adapter`` is part of its model; any export given
+    replaces it, in whatever order; a path that no longer exists is not inherited."""
+    stage1, stage2, _ = runs
+    cfg, exports = load_config([str(stage2)])
+    assert sorted(exports) == ["adapter", "emotion_extractor", "ser_head"]
+    assert cfg.train.init_adapter == str(stage1 / "export" / "adapter.safetensors")
+    assert cfg.prompt.system == "empathetic"
+    newer = _run(tmp_path / "newer", {"model": {"llm_path": "/m/llm"}, "prompt": {"system": "newer"}}, ["adapter"])
+    cfg, exports = load_config([str(newer), str(stage2)])
+    assert exports["adapter"] == newer / "export" / "adapter.safetensors"  # an export wins over an inherited module
+    (stage1 / "export" / "adapter.safetensors").unlink()
+    assert sorted(load_config([str(stage2)])[1]) == ["emotion_extractor", "ser_head"]
+
+
+def test_saved_configs_of_an_older_fe_train_load_without_their_retired_keys(runs, caplog):
+    stage1, _, _ = runs
+    tree = yaml.safe_load((stage1 / "config.yaml").read_text())
+    tree["eval"] = {"ser_user": "<speech> Is the speaker angry?", "batch_size": 2}
+    tree["emotion"] = {"emotion_source": "extractor", "hidden_dim": 64}
+    (stage1 / "config.yaml").write_text(yaml.safe_dump(tree))
+    cfg, _ = load_config([str(stage1)])
+    assert cfg.eval.batch_size == 2 and cfg.emotion.hidden_dim == 64
+    assert "config keys of an older fe-train ignored: emotion.emotion_source, eval.ser_user" in caplog.text
+    with pytest.raises(UserError, match=r"config key 'emotion.emotion_source' was retired: use eval.control"):
+        load_config([str(stage1)], overrides=["emotion.emotion_source=random_word"])
+
+
 def test_config_file_and_overrides_apply_last(runs, tmp_path):
     stage1, _, _ = runs
     (tmp_path / "eval.yaml").write_text("prompt:\n  system: judge me\neval:\n  max_new_tokens: 5\n")

@@ -134,22 +134,21 @@ def test_vocoder_plug_in_point(tmp_path):
 
 
 def test_label_controls_write_the_label_word_and_transcript_drops_the_audio(assets, qa_shards):
-    from fe_train.config import EVAL_CONTROLS, Config
+    from fe_train.config import Config
     from fe_train.data.pipeline import iter_shard, resolve_shards
     from fe_train.data.speech_input import read_meta
-    from fe_train.eval.controls import CONTROLS, random_label
+    from fe_train.data.user_turn import random_label
     from fe_train.eval.tasks import SpokenPrompt
     from fe_train.model.frozen_llm import load_tokenizer
     from fe_train.model.registry import ENCODERS
 
-    assert tuple(CONTROLS) == EVAL_CONTROLS
     tokenizer = load_tokenizer(str(assets.llm))
     model = types.SimpleNamespace(encoder=ENCODERS["whisper"](str(assets.whisper), torch.float32))
     raws = [raw for shard in resolve_shards(str(qa_shards), "--shards") for _, raw in iter_shard(shard.url)]
     assert len(raws) == QA_ITEMS
     user = "<speech>(with a <emotion> emotional tone). How do I sound?"
 
-    def prompts(control: str, n: int = 8) -> list:  # the first n: each log-mel costs ~0.2 s
+    def prompts(control: str, n: int = 8, user: str = user) -> list:  # the first n: each log-mel costs ~0.2 s
         cfg = Config.load(None, [f"eval.control={control}", "eval.seed=3"])
         prompt = SpokenPrompt(cfg, model, tokenizer, user=user)
         return [prompt.example(raw, read_meta(raw), {}) for raw in raws[:n]]
@@ -157,15 +156,17 @@ def test_label_controls_write_the_label_word_and_transcript_drops_the_audio(asse
     metas = [read_meta(raw) for raw in raws]
     for control in ("gold_label", "random_label"):
         examples = prompts(control)
-        words = [m.emotion if control == "gold_label" else random_label(m.key, 3) for m in metas[:len(examples)]]
+        words = [m.emotion if control == "gold_label" else random_label(3, m.key) for m in metas[:len(examples)]]
         for example, word in zip(examples, words):
             assert f"(with a {word} emotional tone)" in tokenizer.decode(example.fields["layout"].input_ids)
             assert "mel" in example.fields
-    drawn = [random_label(m.key, 3) for m in metas]
-    assert drawn == [random_label(m.key, 3) for m in metas] and len(set(drawn)) >= 4  # reproducible, every class drawn
+    drawn = [random_label(3, m.key) for m in metas]
+    assert drawn == [random_label(3, m.key) for m in metas] and len(set(drawn)) >= 4  # reproducible, every class drawn
     assert sum(d == m.emotion for d, m in zip(drawn, metas)) < QA_ITEMS / 2  # near chance (1/5), not the gold label
-    transcript = prompts("transcript")
+    transcript = prompts("transcript", user="<speech> How do I sound?")
     assert all("mel" not in ex.fields for ex in transcript)
     assert metas[0].text in tokenizer.decode(transcript[0].fields["layout"].input_ids)
     with pytest.raises(UserError, match="has no <emotion> for the label word"):
         SpokenPrompt(Config.load(None, ["eval.control=gold_label"]), model, tokenizer, user="<speech>")
+    with pytest.raises(UserError, match="the model has no emotion extractor to fill <emotion>"):  # a stage-1 model
+        SpokenPrompt(Config.load(None, ["eval.control=transcript"]), model, tokenizer, user=user)

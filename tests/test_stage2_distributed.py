@@ -1,5 +1,5 @@
 """Stage 2 end to end on 2 CPU processes with real DeepSpeed ZeRO-3 (gloo): SER pre-training on held-out
-voices with the review's controls, the exports scored again through ``fe-train eval-ser``, and stage 2b
+voices with the review's controls, the exports scored again through ``fe-train eval ser``, and stage 2b
 on pseudo pairs. The held-out folds are ``fe_train.fixtures.ser_world.FOLDS``, fixed before any result."""
 
 from __future__ import annotations
@@ -60,14 +60,15 @@ def test_ser_on_heldout_voices_word_and_head(fold0):
     assert score["word_accuracy"] >= 0.80 and score["head_accuracy"] >= 0.80, score
 
 
-def test_controls_random_word_is_chance_and_true_word_is_right(fold0):
+def test_controls_random_label_is_chance_and_gold_label_is_right(fold0):
     _, report = fold0
-    low, high = chance_band(report["random_word"]["clips"])
-    assert low <= report["random_word"]["word_accuracy"] <= high, report["random_word"]
-    assert report["true_word"]["word_accuracy"] >= 0.95, report["true_word"]
+    low, high = chance_band(report["random_label"]["clips"])
+    assert low <= report["random_label"]["word_accuracy"] <= high, report["random_label"]
+    assert report["gold_label"]["word_accuracy"] >= 0.95, report["gold_label"]
     # The SER head reads the extractor, not the prompt: the controls do not move it. With the transcript as
     # content the extractor reads the clip passed as a separate emotion clip: the same vectors.
-    for control in ("random_word", "true_word", "transcript"):
+    for control in ("random_label", "gold_label", "transcript"):
+        assert report[control]["clips"] == report["extractor"]["clips"] and report[control]["skipped"] == {}, control
         assert report[control]["head_accuracy"] == report["extractor"]["head_accuracy"], control
 
 
@@ -83,20 +84,17 @@ def test_frozen_parts_bit_identical_and_optimizer_state_only_for_extractor_and_h
     assert report["optimizer_state_elems"] == 2 * report["fp32_partition_elems"]
 
 
-def test_eval_ser_scores_the_exports_by_config(ser_assets, fold0, tmp_path):
-    """The exported extractor and head, loaded by config into a fresh ZeRO-3 engine, score what the run scored."""
+def test_eval_ser_scores_the_exports_as_the_run_scored_them(ser_assets, fold0, tmp_path):
+    """``fe-train eval ser --ckpt RUN`` (the run's exports, placed partitioned over 2 ranks like the training engine)
+    scores what the run scored with the same evaluation in its own process."""
     out, report = fold0
-    result = tmp_path / "eval.json"
-    overrides = stage2_overrides(ser_assets, tmp_path / "eval", 0, **{
-        "emotion.init_extractor": out / "export" / "emotion_extractor.safetensors",
-        "emotion.init_ser_head": out / "export" / "ser_head.safetensors"})
-    proc = torchrun(["-m", "fe_train", "eval-ser", "--config", str(REPO / "configs" / "stage2a_tiny.yaml"),
-                     "--out", str(result), *overrides])
+    proc = torchrun(["-m", "fe_train", "eval", "ser", "--ckpt", str(out), "--shards", str(ser_assets.heldout_shards(0)),
+                     "--out", str(tmp_path), "eval.control=extractor", "eval.placement=zero3", "run.progress_bar=false"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    score = json.loads(result.read_text())
-    assert score["clips"] == report["extractor"]["clips"]
-    assert score["confusion"] == report["extractor"]["confusion"]
-    assert score["head_accuracy"] == report["extractor"]["head_accuracy"]
+    result = json.loads((tmp_path / "ser.json").read_text())
+    assert result["clips"] == report["extractor"]["clips"]
+    assert result["readers"]["word"]["confusion"] == report["extractor"]["confusion"]
+    assert result["readers"]["head"]["overall"]["wa"]["value"] == report["extractor"]["head_accuracy"]
 
 
 def run_stage2b(ser_assets, tmp_path, **extra) -> tuple[dict, list[float]]:
@@ -162,7 +160,7 @@ def test_ser_three_folds_mean_at_least_85_percent(ser_assets, tmp_path_factory):
         score = report["extractor"]
         scores.append(score)
         print(f"fold {fold} ({', '.join(FOLDS[fold])}): word {score['word_accuracy']:.3f} head {score['head_accuracy']:.3f} "
-              f"random-word {report['random_word']['word_accuracy']:.3f} true-word {report['true_word']['word_accuracy']:.3f} "
+              f"random-label {report['random_label']['word_accuracy']:.3f} gold-label {report['gold_label']['word_accuracy']:.3f} "
               f"({report['wall_s']:.0f} s)")
     word = sum(s["word_accuracy"] for s in scores) / len(scores)
     head = sum(s["head_accuracy"] for s in scores) / len(scores)

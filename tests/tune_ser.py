@@ -53,7 +53,7 @@ def check(proc) -> None:
 
 
 def tune(assets: SerAssets, seed: int, out: Path, overrides: list[str]) -> dict:
-    """Stage 2a on fold 0's training voices, then ``fe-train eval-ser`` on the tuning and the training voices."""
+    """Stage 2a on fold 0's training voices, then ``fe-train eval ser`` on the tuning and the training voices."""
     run = out / "run"
     check(torchrun(["-m", "fe_train", "train", "--config", PRESET, *model_overrides(assets),
                     f"data.train_shards={assets.train_shards(0)}", "data.eval_shards=", f"run.output_dir={run}",
@@ -61,12 +61,12 @@ def tune(assets: SerAssets, seed: int, out: Path, overrides: list[str]) -> dict:
     scores = {}
     for name, shards in (("tuning voices", tuning_shards(seed, out.parent / f"tuning-seed{seed}")),
                          ("training voices", assets.ser_group("common"))):
-        result = out / f"{name.split()[0]}.json"
-        check(torchrun(["-m", "fe_train", "eval-ser", "--config", PRESET, "--out", str(result), *model_overrides(assets),
-                        f"emotion.init_extractor={run / 'export' / 'emotion_extractor.safetensors'}",
-                        f"emotion.init_ser_head={run / 'export' / 'ser_head.safetensors'}", f"data.eval_shards={shards}",
-                        f"run.output_dir={out / 'eval'}", "run.progress_bar=false", "run.wandb_mode=disabled", *overrides]))
-        scores[name] = json.loads(result.read_text())
+        result = out / name.split()[0]
+        check(torchrun(["-m", "fe_train", "eval", "ser", "--ckpt", str(run), "--shards", str(shards), "--out", str(result),
+                        "eval.placement=zero3", "run.progress_bar=false"]))
+        readers = json.loads((result / "ser.json").read_text())["readers"]
+        scores[name] = {"clips": readers["word"]["clips"],
+                        **{f"{reader}_accuracy": readers[reader]["overall"]["wa"]["value"] for reader in readers}}
     return scores
 
 

@@ -17,8 +17,8 @@ import yaml
 
 from fe_train.config.checks import require
 from fe_train.config.decoder import DecoderConfig
-from fe_train.config.emotion import CONTENT_SOURCES, EMOTION_SOURCES, EmotionConfig
-from fe_train.config.evaluation import EVAL_CONTROLS, EvalConfig
+from fe_train.config.emotion import EmotionConfig
+from fe_train.config.evaluation import CONTROLS, EvalConfig
 from fe_train.config.generate import GenerateConfig
 from fe_train.config.loading import from_tree, key_lines, merge_overrides, read_yaml
 from fe_train.config.prompts import EMOTION_TURN, EMPATHY_SYSTEM, HELPFUL_SYSTEM
@@ -36,7 +36,7 @@ from fe_train.config.sections import (
 )
 
 __all__ = [
-    "CONTENT_SOURCES", "EMOTIONS", "EMOTION_SOURCES", "EMOTION_TURN", "EMPATHY_SYSTEM", "HELPFUL_SYSTEM", "EVAL_CONTROLS", "PLACEMENTS",
+    "CONTROLS", "EMOTIONS", "EMOTION_TURN", "EMPATHY_SYSTEM", "HELPFUL_SYSTEM", "PLACEMENTS",
     "PRECISIONS", "SAMPLE_RATE_HZ", "Config", "DataConfig", "DecoderConfig", "EmotionConfig", "EngineConfig",
     "EvalConfig", "GenerateConfig", "ModelConfig", "PromptConfig", "RunConfig", "TrainConfig", "from_tree",
     "merge_overrides", "read_yaml", "require",

@@ -5,10 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fe_train.config.checks import require
-from fe_train.config.prompts import EMOTION_TURN, SER_QUESTION
-
-EMOTION_SOURCES = ("extractor", "random_word", "true_word")
-CONTENT_SOURCES = ("speech", "transcript")
+from fe_train.config.prompts import SER_QUESTION
 
 
 @dataclass
@@ -31,12 +28,9 @@ class EmotionConfig:
     """An ``emotion_extractor.safetensors`` export to start from ('' for a fresh init; stage 2b takes stage 2a's)."""
     init_ser_head: str = ""
     """A ``ser_head.safetensors`` export to start the SER head from ('' for a fresh init)."""
-    ser_user: str = f"{EMOTION_TURN} {SER_QUESTION}"
-    """User turn of SER examples (stage 2a, and those mixed into 2b); the target is the label word."""
-    emotion_source: str = "extractor"
-    """Control: the <emotion> slot holds the extractor's vector (extractor), or the prompt text holds a random label word (random_word) or the true one (true_word)."""
-    content_source: str = "speech"
-    """Control: <speech> holds the adapter's tokens (speech) or the prompt text holds the clip's transcript (transcript)."""
+    ser_question: str = SER_QUESTION
+    """The SER question, after ``prompt.user_speech`` (stage 2a's examples, those mixed into 2b, ``fe-train eval ser``);
+    the target is the label word."""
     pair_shards: str = ""
     """Stage 2b: speech-instruction shards whose JSON has ``pseudo_emotion`` and the empathetic ``reply``."""
     pairs_per_clip: int = 4
@@ -45,14 +39,10 @@ class EmotionConfig:
     """Stage 2b: fraction of the examples that are plain SER examples (the clip with the SER prompt)."""
     pair_buffer: int = 256
     """Stage 2b: instructions buffered per label while reading the instruction stream."""
-    eval_max_new_tokens: int = 8
-    """Tokens generated per clip by the SER evaluation (the label word is read from them)."""
 
     def __post_init__(self):
-        require(self.emotion_source in EMOTION_SOURCES, "emotion.emotion_source", self.emotion_source, f"one of {EMOTION_SOURCES}")
-        require(self.content_source in CONTENT_SOURCES, "emotion.content_source", self.content_source, f"one of {CONTENT_SOURCES}")
-        for key in ("gate_hidden_dim", "pool_heads", "hidden_dim", "pairs_per_clip", "pair_buffer", "eval_max_new_tokens"):
+        for key in ("gate_hidden_dim", "pool_heads", "hidden_dim", "pairs_per_clip", "pair_buffer"):
             require(getattr(self, key) >= 1, f"emotion.{key}", getattr(self, key), "an integer >= 1")
         require(self.aux_weight >= 0.0, "emotion.aux_weight", self.aux_weight, "a number >= 0")
         require(0.0 <= self.ser_mix_ratio < 1.0, "emotion.ser_mix_ratio", self.ser_mix_ratio, "a fraction in [0, 1)")
-        require("<emotion>" in self.ser_user, "emotion.ser_user", self.ser_user, "a user turn with an <emotion> slot")
+        require(isinstance(self.ser_question, str) and bool(self.ser_question.strip()), "emotion.ser_question", self.ser_question, "a question (the label word answers it)")

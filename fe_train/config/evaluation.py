@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from fe_train.config.checks import require
 from fe_train.config.sections import PLACEMENTS
 
-EVAL_CONTROLS = ("speech", "transcript", "gold_label", "random_label", "extractor")
+CONTROLS = ("speech", "transcript", "gold_label", "random_label", "extractor")
+"""What fills a user turn's slots (``eval.control``): the one vocabulary, ``fe_train.data.user_turn``."""
 
 
 @dataclass
@@ -31,13 +32,11 @@ class EvalConfig:
     vocoder: str = ""
     """Turns speech units into a wav: ``module:callable`` or the name of an ``fe_train.vocoders`` entry point ('' for none)."""
     control: str = "speech"
-    """What fills the user turn: speech (the audio), transcript (the text in place of <speech>), gold_label or
-    random_label (the audio, and a label word in place of <emotion>), extractor (the audio, and the stage-2
-    extractor's soft token in <emotion>); see fe_train.eval.controls."""
+    """What fills the user turn: speech (the audio; the extractor's soft token in <emotion>), transcript (the text in
+    place of <speech>), gold_label or random_label (a label word in place of <emotion>), extractor (as speech, and
+    the turn must have <emotion>); see fe_train.data.user_turn."""
     controls: list = field(default_factory=lambda: ["speech", "transcript"])
     """The controls ``fe-train eval ablate`` compares, one table row each."""
-    ser_user: str = "<speech> Is the speaker angry, surprised, happy, sad or neutral?"
-    """User turn of ``fe-train eval ser``: the reply's first emotion word is the prediction."""
 
     def __post_init__(self):
         require(isinstance(self.tasks, list) and all(isinstance(t, str) for t in self.tasks), "eval.tasks", self.tasks,
@@ -46,6 +45,6 @@ class EvalConfig:
             require(getattr(self, key) >= 1, f"eval.{key}", getattr(self, key), "an integer >= 1")
         require(self.placement in PLACEMENTS, "eval.placement", self.placement, f"one of {PLACEMENTS}")
         require(0.0 < self.confidence < 1.0, "eval.confidence", self.confidence, "a fraction in (0, 1)")
-        require(self.control in EVAL_CONTROLS, "eval.control", self.control, f"one of {EVAL_CONTROLS}")
-        require(isinstance(self.controls, list) and bool(self.controls) and set(self.controls) <= set(EVAL_CONTROLS),
-                 "eval.controls", self.controls, f"a non-empty list of {EVAL_CONTROLS}")
+        require(self.control in CONTROLS, "eval.control", self.control, f"one of {CONTROLS}")
+        require(isinstance(self.controls, list) and bool(self.controls) and set(self.controls) <= set(CONTROLS),
+                 "eval.controls", self.controls, f"a non-empty list of {CONTROLS}")

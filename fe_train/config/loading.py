@@ -14,6 +14,27 @@ from fe_train.config.files import shipped_file
 from fe_train.errors import UserError
 
 
+RETIRED = {
+    "emotion.emotion_source": "eval.control (extractor, gold_label, random_label), an evaluation of the trained model",
+    "emotion.content_source": "eval.control (transcript), an evaluation of the trained model",
+    "emotion.ser_user": "prompt.user_speech and emotion.ser_question (the SER prompt is the one, then the other)",
+    "emotion.eval_max_new_tokens": "eval.max_new_tokens",
+    "eval.ser_user": "prompt.user_speech and emotion.ser_question (fe-train eval ser asks stage 2a's SER prompt)",
+}
+"""Config keys of an older fe-train -> what replaced them."""
+
+
+def drop_retired(tree: dict[str, Any]) -> list[str]:
+    """Remove the ``RETIRED`` keys from a saved config tree (a run's ``config.yaml``); the dotted keys removed."""
+    dropped = []
+    for dotted in RETIRED:
+        section, _, key = dotted.partition(".")
+        if isinstance(tree.get(section), dict) and key in tree[section]:
+            del tree[section][key]
+            dropped.append(dotted)
+    return dropped
+
+
 def merge_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Write ``section.key=value`` overrides into a config tree (values parsed as YAML)."""
     for item in overrides:
@@ -68,6 +89,8 @@ def from_tree(cls, tree: dict[str, Any], where: str, prefix: str = "", lines: di
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         at = f"{where} line {lines[dotted]}" if lines and dotted in lines else where
+        if key not in fields and dotted in RETIRED:
+            raise UserError(f"{at}: config key {dotted!r} was retired: use {RETIRED[dotted]}")
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise UserError(f"{at}: unknown config key {dotted!r} (known here: {known})")

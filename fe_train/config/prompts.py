@@ -17,7 +17,7 @@ SYSTEM_PROMPTS = {"helpful": HELPFUL_SYSTEM, "empathy": EMPATHY_SYSTEM}
 EMOTION_TURN = "<speech>(with a <emotion> emotional tone)."
 """The user turn that carries speech and its emotion: stage 2's pseudo pairs, 2b's targets, the extractor's prompts."""
 SER_QUESTION = "What is the emotional tone of the speaker? Answer in one word."
-"""Stage 2a's question after ``EMOTION_TURN``; the target is the label word."""
+"""The SER question (``emotion.ser_question``), asked after the speech turn; the target is the label word."""
 USER_TURNS = {"speech": "<speech>", "emotion": EMOTION_TURN}
 """Names a config may give for ``prompt.user_speech``."""
 

@@ -8,7 +8,7 @@ results go to ``<out>/<control>/``; ``ablation.json`` and ``ablation.md`` hold
 each control's items, skipped samples and the task's headline numbers.
 
 ``gold_label`` and ``random_label`` write a label word in place of ``<emotion>``
-(``fe_train.eval.controls``); ``extractor``, the review's extractor control, leaves
+(``fe_train.data.user_turn``); ``extractor``, the review's extractor control, leaves
 the slot to the stage-2 emotion extractor's soft token (a stage-2 run in ``--ckpt``).
 """
 

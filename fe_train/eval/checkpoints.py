@@ -7,6 +7,9 @@ runs/stage2a --ckpt runs/stage3a``); the model is their union:
 
 - each run contributes the modules it exported, a later run's export replacing an
   earlier one's, and the config sections that shape those modules (``SECTIONS``);
+- a run also contributes the frozen trained modules it started from (its config's
+  ``INIT_KEYS``, e.g. stage 2's ``train.init_adapter``) where they exist, below every
+  export: ``--ckpt runs/stage2a`` alone is stage 2a's whole model;
 - the prompt (``prompt.*``) comes from the last run that exported a module that
   fills the prompt (the adapter or the emotion extractor), since those modules
   learned under it;
@@ -18,11 +21,15 @@ runs/stage2a --ckpt runs/stage3a``); the model is their union:
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from fe_train.config import Config, from_tree, merge_overrides, read_yaml
+from fe_train.config.loading import drop_retired
 from fe_train.errors import UserError
+
+log = logging.getLogger(__name__)
 
 INIT_KEYS = {
     "adapter": ("train", "init_adapter"),
@@ -46,6 +53,14 @@ class TrainedRun:
     """The run's resolved config as saved (``config.yaml``)."""
     exports: dict[str, Path]
     """Module name -> its export (``<name>.safetensors`` or a ``<name>/`` directory)."""
+    inherited: dict[str, Path]
+    """Module name -> the file its config loaded it from (not exported by this run)."""
+
+
+def ordered_modules(runs: list[TrainedRun]) -> list[tuple[TrainedRun, str, Path]]:
+    """(run, module, path) in the order they apply, a later one replacing an earlier: inherited, then exported."""
+    return [(run, module, path) for field in ("inherited", "exports") for run in runs
+            for module, path in getattr(run, field).items()]
 
 
 def read_run(path: str | Path) -> TrainedRun:
@@ -66,7 +81,16 @@ def read_run(path: str | Path) -> TrainedRun:
     unknown = sorted(set(exports) - set(INIT_KEYS))
     if unknown:
         raise UserError(f"--ckpt {path}: exports {unknown} are not modules this fe-train can load ({sorted(INIT_KEYS)})")
-    return TrainedRun(root, read_yaml(config), exports)
+    tree = read_yaml(config)
+    retired = drop_retired(tree)
+    if retired:
+        log.warning("--ckpt %s: config keys of an older fe-train ignored: %s", path, ", ".join(retired))
+    inherited = {}
+    for module, (section, key) in INIT_KEYS.items():
+        named = (tree.get(section) or {}).get(key)
+        if module not in exports and named and Path(named).exists():
+            inherited[module] = Path(named)
+    return TrainedRun(root, tree, exports, inherited)
 
 
 def merged_tree(runs: list[TrainedRun]) -> dict:
@@ -75,12 +99,11 @@ def merged_tree(runs: list[TrainedRun]) -> dict:
         raise UserError("no --ckpt given: expected at least one run directory")
     tree = copy.deepcopy(runs[-1].tree)
     prompt_run = None
-    for run in runs:
-        for module in run.exports:
-            for section in SECTIONS[module]:
-                tree[section] = copy.deepcopy(run.tree.get(section, {}))
-            if module in PROMPT_MODULES:
-                prompt_run = run
+    for run, module, _ in ordered_modules(runs):
+        for section in SECTIONS[module]:
+            tree[section] = copy.deepcopy(run.tree.get(section, {}))
+        if module in PROMPT_MODULES:
+            prompt_run = run
     if prompt_run is not None:
         tree["prompt"] = copy.deepcopy(prompt_run.tree.get("prompt", {}))
     tree.setdefault("model", {})
@@ -90,10 +113,9 @@ def merged_tree(runs: list[TrainedRun]) -> dict:
             raise UserError(f"--ckpt runs name different model.{key}: {named} (the frozen parts must be the same)")
         if named:
             tree["model"][key] = next(iter(named.values()))
-    for run in runs:
-        for module, path in run.exports.items():
-            section, key = INIT_KEYS[module]
-            tree.setdefault(section, {})[key] = str(path)
+    for _, module, path in ordered_modules(runs):
+        section, key = INIT_KEYS[module]
+        tree.setdefault(section, {})[key] = str(path)
     return tree
 
 
@@ -107,5 +129,5 @@ def load_config(checkpoints: list[str], config_path: str | None = None, override
                 raise UserError(f"config file {config_path}: {section!r} must be a mapping")
             tree.setdefault(section, {}).update(values)
     merge_overrides(tree, list(overrides))
-    exports = {module: path for run in runs for module, path in run.exports.items()}
+    exports = {module: path for _, module, path in ordered_modules(runs)}
     return from_tree(Config, tree, where="--ckpt config"), exports

@@ -1,5 +1,4 @@
-"""The emotion class a reply names: the one label reader of both SER evaluations
-(``fe-train eval ser``, ``fe_train.eval.ser``, and ``fe-train eval-ser``, ``fe_train.eval.ser_score``).
+"""The emotion class a reply names: the label reader of the SER evaluation (``fe-train eval ser``).
 
 The prediction is the first emotion word of the reply after SpokenQA normalisation
 (case, accents, punctuation; whole words only), in any of its forms (``WORDS``:

@@ -1,16 +1,17 @@
-"""Speech emotion recognition by the reply's label word: ``fe-train eval ser``.
+"""Speech emotion recognition: ``fe-train eval ser``, the one SER evaluation (also during training,
+``eval.tasks: [ser]``, and of the stage-2 tests).
 
-Each clip with a gold ``emotion`` is put to the model under ``eval.ser_user`` (by
-default "<speech> Is the speaker angry, surprised, happy, sad or neutral?"); the
-prediction is the first emotion word of the reply (``fe_train.eval.emotion_word``,
-the reader ``fe-train eval-ser`` uses too). A reply that names none is counted in
-the confusion matrix's ``none`` column.
+Each clip with a gold ``emotion`` is put to the model with the SER prompt stage 2a trains on
+(``prompt.user_speech``, then ``emotion.ser_question``: "<speech>(with a <emotion> emotional
+tone). What is the emotional tone ...?" for a stage-2 checkpoint, "<speech> What is ...?" for a
+stage-1 one) under ``eval.control``; the prediction is the first emotion word of the greedy
+reply (``fe_train.eval.emotion_word``). A reply that names none is counted in the confusion
+matrix's ``none`` column.
 
-The auxiliary head's prediction (stage 2a's ``ser_head`` over the extractor's
-vector) is a second reader of the same records (``READERS``), read only when that
-vector is what fills ``<emotion>`` (``controls.extractor_fills_slot``: not under a
-label control, whose label word replaces it); a model without an SER head (stage-1
-and stage-3 checkpoints) has only the word read.
+The auxiliary head's prediction (stage 2a's ``ser_head`` over the extractor's vector of the
+clip) is a second reader of the same records (``READERS``), read under every control (the
+controls change the prompt, not what the extractor hears); a model without an SER head
+(stage-1 and stage-3 checkpoints) has only the word read.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from fe_train.config import EMOTIONS, Config
 from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.schema import SampleError
 from fe_train.data.speech_input import read_meta
+from fe_train.data.user_turn import ser_turn
 from fe_train.eval.assembly import speech_llm
 from fe_train.eval.confusion import plot_confusion
-from fe_train.eval.controls import extractor_fills_slot
 from fe_train.eval.emotion_word import label_word
 from fe_train.eval.gather import real_rows
 from fe_train.eval.report import markdown_table, percent
@@ -53,9 +54,10 @@ class SERTask:
 
     def __init__(self, cfg: Config, model, tokenizer, synced: bool):
         self.cfg = cfg
-        self.prompt = SpokenPrompt(cfg, speech_llm(model), tokenizer, user=cfg.eval.ser_user)
+        user = ser_turn(cfg.prompt.user_speech, cfg.emotion.ser_question)
+        self.prompt = SpokenPrompt(cfg, speech_llm(model), tokenizer, user=user)
         self.replier = Replier(cfg, speech_llm(model), tokenizer, synced)
-        self.read_head = getattr(speech_llm(model), "ser_head", None) is not None and extractor_fills_slot(cfg.eval.control, cfg.eval.ser_user)
+        self.read_head = getattr(speech_llm(model), "ser_head", None) is not None
 
     def build(self, raw: RawSample) -> Example:
         meta = read_meta(raw)

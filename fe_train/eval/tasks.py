@@ -22,8 +22,8 @@ from fe_train.data.pipeline import Example, RawSample
 from fe_train.data.prompt import PromptLayout
 from fe_train.data.schema import Meta
 from fe_train.data.speech_input import SpeechInput
+from fe_train.data.user_turn import UserTurn, check_control
 from fe_train.eval.bootstrap import Bootstrap
-from fe_train.eval.controls import CONTROLS, check_control
 from fe_train.eval.speech_replies import reply_to_batch
 from fe_train.generate.replies import Sampling, decode, eos_ids
 
@@ -35,22 +35,27 @@ def bootstrap_of(cfg: Config) -> Bootstrap:
 class SpokenPrompt:
     """A sample in the checkpoint's prompt (``prompt.system``, ``prompt.user_speech``), without a reply.
 
-    ``eval.control`` (``fe_train.eval.controls``) decides what fills the user turn's
-    ``<speech>`` and ``<emotion>``: the audio, the transcript, a label word.
+    ``eval.control`` (``fe_train.data.user_turn``) decides what fills the user turn's
+    ``<speech>`` and ``<emotion>``: the audio, the transcript, a label word. A model with an
+    emotion extractor always gets the clip's audio: as ``mel`` with ``<speech>``, else as
+    ``emotion_mel``, so that its extractor (and SER head) read the clip under every control.
     """
 
     def __init__(self, cfg: Config, model, tokenizer, user: str | None = None):
         self.layout = PromptLayout(tokenizer, cfg.prompt.system, cfg.prompt.max_reply_tokens)
         self.speech = SpeechInput(cfg, model.encoder.n_mels, model.encoder.n_frames)
-        self.user = cfg.prompt.user_speech if user is None else user
-        self.control, self.seed = cfg.eval.control, cfg.eval.seed
-        check_control(self.control, self.user, getattr(model, "emotion_extractor", None) is not None)
+        user = cfg.prompt.user_speech if user is None else user
+        self.extractor = getattr(model, "emotion_extractor", None) is not None
+        check_control(cfg.eval.control, user, self.extractor)
+        self.turn = UserTurn(user, cfg.eval.control, cfg.eval.seed)
 
     def example(self, raw: RawSample, meta: Meta, fields: dict) -> Example:
-        user, audio = CONTROLS[self.control](self.user, meta, self.seed)
+        user = self.turn.render(meta.key, meta.text, meta.emotion)
         slots, fields = {"<emotion>": 1}, dict(fields)
-        if audio:
+        if self.turn.speech_slot:
             fields["mel"], slots["<speech>"] = self.speech(raw)
+        elif self.extractor:
+            fields["emotion_mel"], _ = self.speech(raw)
         return Example(meta.key, {"layout": self.layout.build(user, slots, None), **fields})
 
 

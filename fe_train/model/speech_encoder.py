@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -11,6 +12,21 @@ from fe_train.data.features import pad_window
 from fe_train.model.pretrained import require_pretrained
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _encoder_of_full_checkpoint() -> type:
+    """transformers' ``WhisperEncoder``, expecting the rest of a full Whisper checkpoint.
+
+    NOTE(transformers): from 5.0 ``from_pretrained`` prints a table of every unexpected key, which for
+    Whisper-large-v3's encoder is the whole decoder (hundreds of lines); the decoder is expected here.
+    """
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    class WhisperEncoderOfFullCheckpoint(WhisperEncoder):
+        _keys_to_ignore_on_load_unexpected = [r"^model\.decoder\.", r"^proj_out\."]
+
+    return WhisperEncoderOfFullCheckpoint
 
 
 class WhisperSpeechEncoder(nn.Module):
@@ -35,12 +51,10 @@ class WhisperSpeechEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype) -> WhisperSpeechEncoder:
-        from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
         require_pretrained(path, "model.encoder_path")
         # A full Whisper checkpoint stores the encoder under `model.encoder.`; the mapping
         # loads only those weights (the decoder's are ignored) and is a no-op for an encoder-only save.
-        encoder = WhisperEncoder.from_pretrained(path, dtype=dtype, key_mapping={r"^model\.encoder\.": ""})
+        encoder = _encoder_of_full_checkpoint().from_pretrained(path, dtype=dtype, key_mapping={r"^model\.encoder\.": ""})
         log.info("loaded Whisper encoder from %s (%d blocks, d=%d)", path, encoder.config.encoder_layers, encoder.config.d_model)
         return cls(encoder)
 

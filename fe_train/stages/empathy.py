@@ -21,7 +21,6 @@ from fe_train.config import Config
 from fe_train.data.pairs import PAIR_KEY, PairLayout, PairStream
 from fe_train.data.pipeline import resolve_shards
 from fe_train.data.speech_input import read_meta
-from fe_train.errors import UserError
 from fe_train.model.freezeempath import FreezeEmpath
 from fe_train.stages import ser
 
@@ -32,8 +31,6 @@ build_model = ser.build_model
 
 
 def example_builder(cfg: Config, model: FreezeEmpath, tokenizer):
-    if "<emotion>" not in cfg.prompt.user_speech:
-        raise UserError(f"config prompt.user_speech = {cfg.prompt.user_speech!r}: stage empathy needs an <emotion> slot")
     examples = ser.EmotionExamples(cfg, model, tokenizer, separate_emotion_clip=True)
 
     def build(raw):

@@ -1,6 +1,7 @@
 """Run a stage-2 recipe under torchrun and record what the tests assert: frozen weights untouched,
 optimizer state only for the extractor and the SER head, and the SER accuracy of the trained
-model on data.eval_shards under the review's controls (same weights, same data).
+model on data.eval_shards under the review's controls (same weights, same data), scored by the one SER
+evaluation (``fe_train.eval.ser``, as ``fe-train eval ser``) on the training engine's model.
 Usage: stage2_check.py RESULT.json CONFIG [overrides...]"""
 
 import dataclasses
@@ -13,11 +14,10 @@ import torch
 from fe_train import stages
 from fe_train.launch.logs import setup_logging
 from fe_train.config import Config
-from fe_train.data.collate import Collate
-from fe_train.data.pipeline import ShardStream, build_loader, resolve_shards
-from fe_train.data.plan import Geometry
+from fe_train.data.pipeline import MIDRUN_WORKERS, resolve_shards
 from fe_train.model.pretrained import load_module
-from fe_train.eval.ser_score import evaluate_ser
+from fe_train.eval.runner import score_stream, task_stream
+from fe_train.eval.ser import SERTask
 from fe_train.launch.env import from_environ
 from fe_train.model.adapter import StackFFNAdapter
 from fe_train.model.freezing import numel
@@ -25,9 +25,8 @@ from fe_train.model.frozen_llm import load_llm, load_tokenizer
 from fe_train.model.speech_encoder import WhisperSpeechEncoder
 from fe_train.stages import runner
 
-CONTROLS = {"extractor": ("extractor", "speech"), "random_word": ("random_word", "speech"),
-            "true_word": ("true_word", "speech"), "transcript": ("extractor", "transcript")}
-"""report key -> (emotion.emotion_source, emotion.content_source)."""
+CONTROLS = ("extractor", "random_label", "gold_label", "transcript")
+"""``eval.control`` values scored; the report has one entry per control."""
 
 result_path, config_path, *overrides = sys.argv[1:]
 launch = from_environ()
@@ -79,15 +78,16 @@ def frozen_and_optimizer(engine):
 def controls(engine):
     """SER accuracy under each control: the same engine weights, the same held-out shards."""
     shards = resolve_shards(cfg.data.eval_shards, "data.eval_shards")
-    geometry = Geometry(launch.world_size, cfg.data.num_workers, cfg.train.micro_batch_size)
     engine.eval()
-    for key, (emotion_source, content_source) in CONTROLS.items():
-        variant = dataclasses.replace(cfg, emotion=dataclasses.replace(cfg.emotion, emotion_source=emotion_source,
-                                                                       content_source=content_source))
-        build = recipe.example_builder(variant, engine.module, tokenizer)
-        stream = ShardStream(shards, launch.rank, geometry, cfg.train.seed, False, build, Collate(tokenizer.pad_token_id))
-        score = evaluate_ser(engine.module, build_loader(stream), tokenizer, torch.device("cpu"), cfg.emotion.eval_max_new_tokens)
-        report[key] = score.as_dict()
+    for control in CONTROLS:
+        variant = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, control=control))
+        task = SERTask(variant, engine.module, tokenizer, synced=launch.world_size > 1)
+        stream = task_stream(task, tokenizer, shards, launch.rank, launch.world_size, variant, workers=MIDRUN_WORKERS)
+        records, skipped = score_stream(task, engine.module, stream, torch.device("cpu"))
+        result, _ = task.summarize(records)
+        readers = result["readers"]
+        report[control] = {"clips": result["clips"], "skipped": dict(skipped), "confusion": readers["word"]["confusion"],
+                           **{f"{reader}_accuracy": readers[reader]["overall"]["wa"]["value"] for reader in readers}}
     engine.train()
 
 
