@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from gpu_world import World, build_world  # noqa: E402
 
+from fe_train import stages  # noqa: E402
 from fe_train.config import Config  # noqa: E402
 from fe_train.engine.memory import GIB, estimate, workload_for  # noqa: E402
 from fe_train.tracking.tracker import read_metrics  # noqa: E402
@@ -161,7 +162,7 @@ class Check:
 
     def planned_gib(self, overrides: list[str], ds_config: str, max_seq_len: float) -> tuple[float, float]:
         cfg = Config.load(self.config("stage1"), [*overrides, f"engine.ds_config={ds_config}"])
-        plans = {p.ds_config: p for p in estimate(workload_for(cfg, 1, int(round(max_seq_len))))}
+        plans = {p.ds_config: p for p in estimate(workload_for(cfg, 1, int(round(max_seq_len)), stages.recipe("align")))}
         plan = plans[Path(ds_config).name]
         return plan.gpu_bytes / GIB, plan.host_bytes / GIB
 

@@ -46,12 +46,14 @@ def _train(args) -> int:
 
 
 def _plan(args) -> int:
+    from fe_train import stages
     from fe_train.config import Config
     from fe_train.engine.memory import GIB, describe, workload_for
 
     setup_logging(0)
     cfg = Config.load(args.config, args.overrides)
-    print(describe(workload_for(cfg, args.world_size, args.seq_len), int(args.gpu_gib * GIB)))
+    workload = workload_for(cfg, args.world_size, args.seq_len, stages.recipe(cfg.train.stage))
+    print(describe(workload, int(args.gpu_gib * GIB)))
     return 0
 
 

@@ -75,18 +75,27 @@ def paper_models(tmp_path_factory):
     WhisperConfig(vocab_size=51866, num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20,
                   decoder_layers=32, decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120,
                   max_source_positions=1500).save_pretrained(root / "whisper")
+    Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, eos_token_id=151643,
+                tie_word_embeddings=True).save_pretrained(root / "decoder")
     return root
 
 
-@pytest.mark.parametrize("preset", ["stage1_paper", "stage2a_paper", "stage2b_paper"])
+@pytest.mark.parametrize("preset", ["stage1_paper", "stage2a_paper", "stage2b_paper", "stage3a_paper", "stage3b_paper"])
 def test_paper_presets_hold_the_fastest_plan_that_fits(paper_models, preset):
-    """On 80 GB GPUs at 1024 tokens, 8 to 32 of them: the preset's ds_config is what `fe-train plan` recommends."""
+    """On 80 GB GPUs at 1024 tokens, 8 to 32 of them: the preset's ds_config is what `fe-train plan` recommends
+    (stage 3: the 0.5B decoder and its fusion are what trains, through no backward of the LLM)."""
     from conftest import REPO
+    from fe_train import stages
     from fe_train.config import Config
     from fe_train.engine.memory import workload_for
 
     cfg = Config.load(str(REPO / "configs" / f"{preset}.yaml"),
-                      [f"model.llm_path={paper_models / 'llm'}", f"model.encoder_path={paper_models / 'whisper'}"])
+                      [f"model.llm_path={paper_models / 'llm'}", f"model.encoder_path={paper_models / 'whisper'}",
+                       f"decoder.path={paper_models / 'decoder'}"])
     for gpus in (8, 16, 32):
-        best = recommend(workload_for(cfg, gpus, 1024), 80 * GIB)
+        workload = workload_for(cfg, gpus, 1024, stages.recipe(cfg.train.stage))
+        if preset.startswith("stage3"):
+            assert 0.49e9 < workload.trainable_params < 0.51e9 and not workload.llm_backward, workload
+        best = recommend(workload, 80 * GIB)
         assert best is not None and best.ds_config == cfg.engine.ds_config.rsplit("/", 1)[-1], (gpus, best)

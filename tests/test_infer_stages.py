@@ -165,3 +165,25 @@ def test_the_path_from_checkpoint_folders_to_a_placed_model_is_short(stage_runs,
     print(f"{len(path)} modules: {', '.join(path)}\n{len(upward)} upward calls: {upward}")
     assert "fe_train.model.spoken_reply" in path and "fe_train.model.emotion_extractor" in path  # all three stages
     assert len(path) <= 18 and len(upward) <= 2
+
+
+def test_the_memory_plan_counts_what_each_stage_trains(stage_runs):
+    """``fe-train plan``'s trainable parameters for stages 1, 2a and 3a (built on the meta device from the configs)
+    are the parameters each run exported; stage 3a's plan has no encoder and no backward through the LLM."""
+    from safetensors import safe_open
+
+    from fe_train import stages
+    from fe_train.config import Config
+    from fe_train.engine.memory import workload_for
+
+    for run in stage_runs:
+        cfg = Config.load(run / "config.yaml")
+        recipe = stages.recipe(cfg.train.stage)
+        exported = 0
+        for path in sorted((run / "export").rglob("*.safetensors")):
+            with safe_open(path, "pt") as f:
+                exported += sum(int(np.prod(f.get_slice(key).get_shape())) for key in f.keys())
+        workload = workload_for(cfg, 2, 64, recipe)
+        assert workload.trainable_params == exported, (cfg.train.stage, workload.trainable_params, exported)
+        assert workload.llm_backward == (cfg.train.stage != "decoder_pretrain")
+        assert (workload.encoder_params > 0) == (cfg.train.stage != "decoder_pretrain")

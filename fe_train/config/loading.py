@@ -13,7 +13,6 @@ import yaml
 from fe_train.config.files import shipped_file
 from fe_train.errors import UserError
 
-
 RETIRED = {
     "emotion.emotion_source": "eval.control (extractor, gold_label, random_label), an evaluation of the trained model",
     "emotion.content_source": "eval.control (transcript), an evaluation of the trained model",

@@ -9,9 +9,14 @@ and W ranks (ZeRO partitions over all of them):
 | partitioned (``zero3.json``) | 2 N / W + gather buffers | 2 T / W + 12 T / W |
 | offloaded (``zero3_offload.json``) | gather buffers (the rest in host memory) | 2 T / W (master and moments on the host) |
 
-plus activations: gradients flow back through the frozen LLM to the soft tokens, so
-its activations are kept (per layer about 34 s h + 5 a s^2 bytes per sample in bf16,
-Korthikanti et al. 2022), or only its inputs with activation checkpointing (2 s h).
+T counts the stage's trained modules (``fe_train.model.assembly.trained_parameters``): the adapter
+(stage 1), the emotion extractor and SER head (2a, 2b), the speech decoder and fusion (3a, 3b).
+
+Plus activations. Stages 1 and 2: gradients flow back through the frozen LLM to the soft tokens,
+so its activations are kept (per layer about 34 s h + 5 a s^2 bytes per sample in bf16,
+Korthikanti et al. 2022), or only its inputs with activation checkpointing (2 s h). Stage 3:
+the LLM runs forward only (one layer's activations at a time) and the trained decoder keeps
+its own (the same per-layer formula at its width, over the same s positions).
 Fastest first: replicated needs no gathers, partitioned all-gathers each layer
 in forward and backward, offloaded also crosses PCIe.
 """
@@ -36,6 +41,10 @@ class Workload:
     micro_batch: int
     seq_len: int
     activation_checkpointing: bool = False
+    llm_backward: bool = True
+    """Gradients flow back through the frozen LLM (stages 1, 2); in stage 3 it runs forward only."""
+    decoder_shape: tuple[int, int, int] = (0, 0, 0)
+    """(layers, hidden, heads) of a trained decoder after the LLM (stage 3), whose activations are kept."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +58,15 @@ class PlanEstimate:
 
 
 def activation_bytes(w: Workload) -> int:
-    s, b, h, a = w.seq_len, w.micro_batch, w.llm_hidden, w.llm_heads
-    per_layer = 2 * s * b * h if w.activation_checkpointing else 34 * s * b * h + 5 * a * s * s * b
-    return w.llm_layers * per_layer
+    s, b = w.seq_len, w.micro_batch
+
+    def per_layer(h: int, a: int) -> int:
+        return 34 * s * b * h + 5 * a * s * s * b
+
+    if not w.llm_backward:
+        layers, hidden, heads = w.decoder_shape
+        return per_layer(w.llm_hidden, w.llm_heads) + layers * per_layer(hidden, heads)
+    return w.llm_layers * (2 * s * b * w.llm_hidden if w.activation_checkpointing else per_layer(w.llm_hidden, w.llm_heads))
 
 
 def estimate(w: Workload) -> list[PlanEstimate]:
@@ -85,26 +100,36 @@ def describe(w: Workload, gpu_bytes: int) -> str:
     return "\n".join(lines)
 
 
-def workload_for(cfg, world_size: int, seq_len: int) -> Workload:
-    """The workload of a run config, with parameter counts read from the checkpoints' configs (no weights)."""
+def workload_for(cfg, world_size: int, seq_len: int, recipe) -> Workload:
+    """The workload of a run config for ``recipe`` (its ``trains``; ``llm_backward`` and ``reads_speech``, default
+    True), with parameter counts from the checkpoints' configs (no weights)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+    from fe_train.model.assembly import trained_parameters
     from fe_train.model.pretrained import require_pretrained
 
     require_pretrained(cfg.model.llm_path, "model.llm_path")
-    require_pretrained(cfg.model.encoder_path, "model.encoder_path")
     llm_config = AutoConfig.from_pretrained(cfg.model.llm_path)
-    encoder_config = WhisperConfig.from_pretrained(cfg.model.encoder_path)
+    reads_speech = getattr(recipe, "reads_speech", True)
+    encoder_params, encoder_hidden = 0, 0
     with torch.device("meta"):
         llm_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(llm_config).parameters())
-        encoder_params = sum(p.numel() for p in WhisperEncoder(encoder_config).parameters())
-    k, hidden = cfg.model.adapter_stack_frames, cfg.model.adapter_hidden_dim
-    adapter = k * encoder_config.d_model * hidden + hidden + hidden * llm_config.hidden_size + llm_config.hidden_size
+        if reads_speech:
+            require_pretrained(cfg.model.encoder_path, "model.encoder_path")
+            encoder_config = WhisperConfig.from_pretrained(cfg.model.encoder_path)
+            encoder_params = sum(p.numel() for p in WhisperEncoder(encoder_config).parameters())
+            encoder_hidden = encoder_config.d_model
+    trained = trained_parameters(cfg, recipe.trains, encoder_hidden, llm_config.hidden_size)
+    decoder_shape = (0, 0, 0)
+    if "decoder" in recipe.trains:
+        d = AutoConfig.from_pretrained(cfg.decoder.path)
+        decoder_shape = (d.num_hidden_layers, d.hidden_size, d.num_attention_heads)
     return Workload(
         llm_params=llm_params, llm_layers=llm_config.num_hidden_layers, llm_hidden=llm_config.hidden_size,
-        llm_heads=llm_config.num_attention_heads, encoder_params=encoder_params, trainable_params=adapter,
+        llm_heads=llm_config.num_attention_heads, encoder_params=encoder_params, trainable_params=sum(trained.values()),
         world_size=world_size, micro_batch=cfg.train.micro_batch_size, seq_len=seq_len,
         activation_checkpointing=cfg.model.llm_activation_checkpointing,
+        llm_backward=getattr(recipe, "llm_backward", True), decoder_shape=decoder_shape,
     )

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 
+import torch
+from torch import nn
+
 from fe_train.config import EMOTIONS, Config, DecoderConfig
 from fe_train.model.emotion_extractor import EmotionExtractor
 from fe_train.model.freezeempath import FreezeEmpath
 from fe_train.model.fusion import GatedFusion
-from fe_train.model.pretrained import load_module
+from fe_train.model.pretrained import load_module, require_pretrained
 from fe_train.model.registry import ADAPTERS, EMOTION_MIXES, EMOTION_POOLS, ENCODERS, FUSION_PROJECTIONS, lookup
 from fe_train.model.ser_head import SERHead
-from fe_train.model.speech_decoder import LoraSettings, SpeechDecoder
+from fe_train.model.speech_decoder import LoraSettings, SpeechDecoder, UnitVocab, wrap_lora
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +35,12 @@ def speech_llm(cfg: Config, dtype, partitioned, emotion: bool = False) -> Freeze
     encoder = lookup(ENCODERS, m.encoder, "model.encoder")(m.encoder_path, dtype)
     llm = partitioned().load_causal_lm(m.llm_path, dtype, m.llm_activation_checkpointing)
     width = llm.config.hidden_size
-    adapter = lookup(ADAPTERS, m.adapter, "model.adapter")(encoder.hidden_size, width, m)
+    adapter = new_adapter(m, encoder.hidden_size, width)
     if cfg.train.init_adapter:
         load_module(adapter, cfg.train.init_adapter, "train.init_adapter")
     if not emotion:
         return FreezeEmpath(llm, encoder=encoder, adapter=adapter)
-    mix = lookup(EMOTION_MIXES, e.layer_mix, "emotion.layer_mix")(encoder.hidden_size, e)
-    pool = lookup(EMOTION_POOLS, e.pool, "emotion.pool")(encoder.hidden_size, e)
-    extractor = EmotionExtractor(mix, pool, encoder.hidden_size, width, e.hidden_dim, e.mask_padding)
-    head = SERHead(width, len(EMOTIONS))
+    extractor, head = new_emotion_parts(e, encoder.hidden_size, width)
     for module, path, key in ((extractor, e.init_extractor, "emotion.init_extractor"), (head, e.init_ser_head, "emotion.init_ser_head")):
         if path:
             load_module(module, path, key)
@@ -56,15 +56,59 @@ def text_llm(cfg: Config, dtype, partitioned) -> FreezeEmpath:
 
 def decoder_parts(d: DecoderConfig, llm, tokenizer, dtype) -> tuple[SpeechDecoder, GatedFusion]:
     """The speech decoder (from ``decoder.path``, optionally LoRA-wrapped) and the fusion into it."""
-    lora = None
-    if d.lora:
-        lora = LoraSettings(d.lora_rank, d.lora_alpha, d.lora_dropout, tuple(d.lora_targets), tuple(d.lora_modules_to_save))
     # NOTE(deepspeed): the decoder (0.5B in the paper) is built whole, outside zero.Init, so that its vocabulary
     # can be resized and peft can wrap it; deepspeed.initialize partitions it like the adapter.
-    decoder = SpeechDecoder.from_pretrained(d.path, d.n_units, len(tokenizer), dtype, lora)
-    projection = lookup(FUSION_PROJECTIONS, d.fusion, "decoder.fusion")(
-        llm.config.hidden_size, decoder.hidden_size, d.fusion_hidden_dim)
-    fusion = GatedFusion(projection, decoder.hidden_size)
+    decoder = SpeechDecoder.from_pretrained(d.path, d.n_units, len(tokenizer), dtype, lora_settings(d))
+    fusion = new_fusion(d, llm.config.hidden_size, decoder.hidden_size)
     if d.init_fusion:
         load_module(fusion, d.init_fusion, "decoder.init_fusion")
     return decoder, fusion
+
+
+def new_adapter(m, encoder_hidden: int, llm_hidden: int) -> nn.Module:
+    return lookup(ADAPTERS, m.adapter, "model.adapter")(encoder_hidden, llm_hidden, m)
+
+
+def new_emotion_parts(e, encoder_hidden: int, llm_hidden: int) -> tuple[EmotionExtractor, SERHead]:
+    mix = lookup(EMOTION_MIXES, e.layer_mix, "emotion.layer_mix")(encoder_hidden, e)
+    pool = lookup(EMOTION_POOLS, e.pool, "emotion.pool")(encoder_hidden, e)
+    return EmotionExtractor(mix, pool, encoder_hidden, llm_hidden, e.hidden_dim, e.mask_padding), SERHead(llm_hidden, len(EMOTIONS))
+
+
+def new_fusion(d: DecoderConfig, llm_hidden: int, decoder_hidden: int) -> GatedFusion:
+    projection = lookup(FUSION_PROJECTIONS, d.fusion, "decoder.fusion")(llm_hidden, decoder_hidden, d.fusion_hidden_dim)
+    return GatedFusion(projection, decoder_hidden)
+
+
+def lora_settings(d: DecoderConfig) -> LoraSettings | None:
+    if not d.lora:
+        return None
+    return LoraSettings(d.lora_rank, d.lora_alpha, d.lora_dropout, tuple(d.lora_targets), tuple(d.lora_modules_to_save))
+
+
+def trained_parameters(cfg: Config, modules: tuple[str, ...], encoder_hidden: int, llm_hidden: int) -> dict[str, int]:
+    """Trainable parameters of each of ``modules`` (a recipe's ``trains``), built as the recipes build them but on
+    the meta device (no weights read; the decoder from its config, its vocabulary extended by the units)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    def trainable(*parts: nn.Module) -> int:
+        return sum(p.numel() for part in parts for p in part.parameters() if p.requires_grad)
+
+    counts = {}
+    with torch.device("meta"):
+        if "adapter" in modules:
+            counts["adapter"] = trainable(new_adapter(cfg.model, encoder_hidden, llm_hidden))
+        if "emotion_extractor" in modules or "ser_head" in modules:
+            extractor, head = new_emotion_parts(cfg.emotion, encoder_hidden, llm_hidden)
+            counts.update(emotion_extractor=trainable(extractor), ser_head=trainable(head))
+        if "decoder" in modules or "fusion" in modules:
+            d = cfg.decoder
+            require_pretrained(d.path, "decoder.path")
+            config = AutoConfig.from_pretrained(d.path)
+            vocab = UnitVocab.load(d.path)
+            config.vocab_size = vocab.size if vocab else config.vocab_size + 1 + d.n_units  # as extend_vocabulary
+            lm = AutoModelForCausalLM.from_config(config)
+            lora = lora_settings(d)
+            counts["decoder"] = trainable(wrap_lora(lm, lora)[0] if lora else lm)
+            counts["fusion"] = trainable(new_fusion(d, llm_hidden, config.hidden_size))
+    return {name: counts[name] for name in modules}

@@ -22,7 +22,7 @@ from fe_train.stages.decoder_pretrain import DecoderRows, reply_meta
 
 name = "decoder_joint"
 trains = ("decoder", "fusion")
-llm_backward = False  # the frozen LLM runs forward only (FLOP count)
+llm_backward = False  # the frozen LLM runs forward only (FLOP count, memory plan)
 
 
 def build_model(cfg: Config, dtype, partitioned):

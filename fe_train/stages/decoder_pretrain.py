@@ -25,7 +25,8 @@ from fe_train.model.spoken_reply import SpokenReply
 
 name = "decoder_pretrain"
 trains = ("decoder", "fusion")
-llm_backward = False  # the frozen LLM runs forward only (FLOP count)
+llm_backward = False  # the frozen LLM runs forward only (FLOP count, memory plan)
+reads_speech = False  # text prompts: no speech encoder (memory plan)
 
 
 def build_model(cfg: Config, dtype, partitioned):
