@@ -108,23 +108,22 @@ def workload_for(cfg, world_size: int, seq_len: int, recipe) -> Workload:
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     from fe_train.model.assembly import trained_parameters
-    from fe_train.model.pretrained import require_pretrained
+    from fe_train.model.pretrained import pretrained_dir
 
-    require_pretrained(cfg.model.llm_path, "model.llm_path")
-    llm_config = AutoConfig.from_pretrained(cfg.model.llm_path)
+    llm_config = AutoConfig.from_pretrained(pretrained_dir(cfg.model.llm_path, "model.llm_path", config_only=True))
     reads_speech = getattr(recipe, "reads_speech", True)
     encoder_params, encoder_hidden = 0, 0
     with torch.device("meta"):
         llm_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(llm_config).parameters())
         if reads_speech:
-            require_pretrained(cfg.model.encoder_path, "model.encoder_path")
-            encoder_config = WhisperConfig.from_pretrained(cfg.model.encoder_path)
+            encoder_path = pretrained_dir(cfg.model.encoder_path, "model.encoder_path", config_only=True)
+            encoder_config = WhisperConfig.from_pretrained(encoder_path)
             encoder_params = sum(p.numel() for p in WhisperEncoder(encoder_config).parameters())
             encoder_hidden = encoder_config.d_model
     trained = trained_parameters(cfg, recipe.trains, encoder_hidden, llm_config.hidden_size)
     decoder_shape = (0, 0, 0)
     if "decoder" in recipe.trains:
-        d = AutoConfig.from_pretrained(cfg.decoder.path)
+        d = AutoConfig.from_pretrained(pretrained_dir(cfg.decoder.path, "decoder.path", config_only=True))
         decoder_shape = (d.num_hidden_layers, d.hidden_size, d.num_attention_heads)
     return Workload(
         llm_params=llm_params, llm_layers=llm_config.num_hidden_layers, llm_hidden=llm_config.hidden_size,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fe_train.errors import UserError
-from fe_train.model.pretrained import require_pretrained
+from fe_train.model.pretrained import pretrained_dir
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def load_causal_lm(path: str, ds: dict, dtype: torch.dtype, rank: int) -> nn.Mod
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
-    require_pretrained(path, "model.llm_path")
+    path = pretrained_dir(path, "model.llm_path")
     root = Path(path)
     files = weight_files(root)
     # NOTE(deepspeed): zero.Init takes its dtype from the config (bf16.enabled), not from `dtype=`.

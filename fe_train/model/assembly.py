@@ -17,7 +17,7 @@ from fe_train.config import EMOTIONS, Config, DecoderConfig
 from fe_train.model.emotion_extractor import EmotionExtractor
 from fe_train.model.freezeempath import FreezeEmpath
 from fe_train.model.fusion import GatedFusion
-from fe_train.model.pretrained import load_module, require_pretrained
+from fe_train.model.pretrained import load_module, pretrained_dir
 from fe_train.model.registry import ADAPTERS, EMOTION_MIXES, EMOTION_POOLS, ENCODERS, FUSION_PROJECTIONS, lookup
 from fe_train.model.ser_head import SERHead
 from fe_train.model.speech_decoder import LoraSettings, SpeechDecoder, UnitVocab, wrap_lora
@@ -103,9 +103,9 @@ def trained_parameters(cfg: Config, modules: tuple[str, ...], encoder_hidden: in
             counts.update(emotion_extractor=trainable(extractor), ser_head=trainable(head))
         if "decoder" in modules or "fusion" in modules:
             d = cfg.decoder
-            require_pretrained(d.path, "decoder.path")
-            config = AutoConfig.from_pretrained(d.path)
-            vocab = UnitVocab.load(d.path)
+            path = pretrained_dir(d.path, "decoder.path", config_only=True)
+            config = AutoConfig.from_pretrained(path)
+            vocab = UnitVocab.load(path)
             config.vocab_size = vocab.size if vocab else config.vocab_size + 1 + d.n_units  # as extend_vocabulary
             lm = AutoModelForCausalLM.from_config(config)
             lora = lora_settings(d)

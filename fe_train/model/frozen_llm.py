@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import nn
 
-from fe_train.model.pretrained import require_pretrained
+from fe_train.model.pretrained import pretrained_dir
 
 log = logging.getLogger(__name__)
 
@@ -15,8 +15,7 @@ log = logging.getLogger(__name__)
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    require_pretrained(path, "model.llm_path")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_dir(path, "model.llm_path"))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -26,7 +25,7 @@ def load_llm(path: str, dtype: torch.dtype, activation_checkpointing: bool = Fal
     """The causal LM in eval mode with every weight frozen (under ZeRO-3 it loads partitioned)."""
     from transformers import AutoModelForCausalLM
 
-    require_pretrained(path, "model.llm_path")
+    path = pretrained_dir(path, "model.llm_path")
     llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     llm.requires_grad_(False)
     llm.eval()

@@ -21,7 +21,7 @@ from torch import nn
 
 from fe_train.errors import UserError
 from fe_train.model.next_token_loss import next_token_loss
-from fe_train.model.pretrained import require_pretrained
+from fe_train.model.pretrained import pretrained_dir
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,11 @@ def load_lm(path: str, dtype: torch.dtype) -> tuple[nn.Module, UnitVocab | None]
         from peft import PeftModel
 
         base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        require_pretrained(base_path, f"base_model_name_or_path of {adapter_config}")
+        base_path = pretrained_dir(base_path, f"base_model_name_or_path of {adapter_config}")
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
         base.resize_token_embeddings(vocab.size)  # the export holds the trained rows
         return PeftModel.from_pretrained(base, path).merge_and_unload(), vocab
-    require_pretrained(path, "decoder.path")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), vocab
+    return AutoModelForCausalLM.from_pretrained(pretrained_dir(path, "decoder.path"), dtype=dtype), vocab
 
 
 def eos_of(config, path: str) -> int:

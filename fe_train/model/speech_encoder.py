@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fe_train.data.features import pad_window
-from fe_train.model.pretrained import require_pretrained
+from fe_train.model.pretrained import pretrained_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class WhisperSpeechEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype) -> WhisperSpeechEncoder:
-        require_pretrained(path, "model.encoder_path")
+        path = pretrained_dir(path, "model.encoder_path")
         # A full Whisper checkpoint stores the encoder under `model.encoder.`; the mapping
         # loads only those weights (the decoder's are ignored) and is a no-op for an encoder-only save.
         encoder = _encoder_of_full_checkpoint().from_pretrained(path, dtype=dtype, key_mapping={r"^model\.encoder\.": ""})
