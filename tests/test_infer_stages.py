@@ -187,3 +187,60 @@ def test_the_memory_plan_counts_what_each_stage_trains(stage_runs):
         assert workload.trainable_params == exported, (cfg.train.stage, workload.trainable_params, exported)
         assert workload.llm_backward == (cfg.train.stage != "decoder_pretrain")
         assert (workload.encoder_params > 0) == (cfg.train.stage != "decoder_pretrain")
+
+
+def test_3b_fills_the_emotion_slot_with_the_frozen_stage2_extractor(stage_runs, tmp_path, capsys):
+    """The paper's 3b prompt ``<speech>(with a <emotion> emotional tone).``: the stage-2 extractor (frozen, from its
+    export) fills the slot from the query's own audio, so the decoder trains on the LLM states it will see at
+    inference; without the extractor's export the stage refuses with one line; infer then speaks with the emotion."""
+    import torch
+
+    from fe_train import stages
+    from fe_train.config import Config
+    from fe_train.data.collate import Collate
+    from fe_train.data.pipeline import iter_shard, resolve_shards
+    from fe_train.data.prompt import SLOTS
+    from fe_train.data.synthetic import SAMPLE_RATE_HZ, VOICES, speak
+    from fe_train.engine.build import WholeBuild
+    from fe_train.errors import UserError
+
+    stage1, stage2, stage3 = stage_runs
+    model_paths = yaml.safe_load((stage1 / "config.yaml").read_text())["model"]
+    shape = yaml.safe_load((stage2 / "config.yaml").read_text())["emotion"]  # the extractor's shape, as exported
+    spoken = str(stage3.parent / "units" / "shards" / "spoken" / "train-*.tar")
+    values = {"model.encoder_path": model_paths["encoder_path"], "model.llm_path": model_paths["llm_path"],
+              "train.init_adapter": stage1 / "export" / "adapter.safetensors", "prompt.user_speech": "emotion",
+              "decoder.path": stage3 / "export" / "decoder", "decoder.init_fusion": stage3 / "export" / "fusion.safetensors",
+              "decoder.n_units": yaml.safe_load((stage3 / "config.yaml").read_text())["decoder"]["n_units"],
+              "decoder.max_new_units": 60, "data.train_shards": spoken}
+    recipe = stages.recipe("decoder_joint")
+    cfg = Config.load(REPO / "configs" / "stage3b_tiny.yaml", [f"{k}={v}" for k, v in values.items()])
+    with pytest.raises(UserError, match=r"has <emotion>: stage decoder_joint fills it with the frozen stage-2 extractor"):
+        recipe.build_model(cfg, torch.float32, WholeBuild)
+    values["emotion.init_extractor"] = stage2 / "export" / "emotion_extractor.safetensors"
+    cfg = Config.load(REPO / "configs" / "stage3b_tiny.yaml", [f"{k}={v}" for k, v in values.items()])
+    with pytest.raises(UserError, match=r"emotion.init_extractor = .*does not fit the configured EmotionExtractor "
+                                        r"\(size mismatch for ffn.0.weight"):  # the preset's width, not the run's
+        recipe.build_model(cfg, torch.float32, WholeBuild)
+    values.update({"emotion.init_ser_head": stage2 / "export" / "ser_head.safetensors",
+                   "emotion.hidden_dim": shape["hidden_dim"], "emotion.mask_padding": shape["mask_padding"]})
+    cfg = Config.load(REPO / "configs" / "stage3b_tiny.yaml", [f"{k}={v}" for k, v in values.items()])
+    model, tokenizer = recipe.build_model(cfg, torch.float32, WholeBuild)
+    raw = next(iter_shard(resolve_shards(spoken)[0].url))[1]
+    batch = Collate(tokenizer.pad_token_id)([recipe.example_builder(cfg, model, tokenizer)(raw)])
+    assert (batch["slots"] == SLOTS["<emotion>"]).sum() == 1
+    states = model.llm_states(batch)
+    with torch.no_grad():
+        for param in model.speech_llm.emotion_extractor.parameters():
+            param.mul_(0.5)
+    assert not torch.allclose(states, model.llm_states(batch))  # the extractor's vector shapes what the decoder reads
+
+    stage3b = tmp_path / "stage3b"
+    train("stage3b_tiny.yaml", stage3b, values)
+    assert sorted(p.name for p in (stage3b / "export").iterdir()) == ["decoder", "fusion.safetensors"]
+    wav = tmp_path / "question.wav"
+    sf.write(wav, speak("how many legs does the cat have", VOICES[0]), SAMPLE_RATE_HZ, subtype="PCM_16")
+    assert train_main(["infer", "--ckpt", str(stage3b), "--out", str(tmp_path / "out"), str(wav),
+                       "eval.max_new_tokens=8"]) == 0
+    result = json.loads((tmp_path / "out" / "infer.json").read_text())
+    assert result["emotion"] in EMOTIONS and result["units"], result

@@ -53,7 +53,12 @@ def load_module(module: nn.Module, path: str, key: str) -> None:
     if not Path(path).is_file():
         raise UserError(f"config {key} = {path!r}: no such file (expected an export such as adapter.safetensors)")
     state = load_file(path)
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes differ: the config that shapes the module is not the exporting run's
+        mismatch = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise UserError(f"config {key} = {path!r}: does not fit the configured {type(module).__name__} ({mismatch}); "
+                        f"give the config values of the run that exported it") from None
     if missing or unexpected:
         raise UserError(f"{path}: does not fit the configured module (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
