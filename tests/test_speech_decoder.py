@@ -211,12 +211,17 @@ def test_sampled_units_follow_the_generator(world):
     batch = tiny_batch(model, tokenizer)
     states = model.llm_states(batch)[0]
 
-    def sample(seed, temperature):
-        writer = UnitWriter(model.decoder, model.fusion, 3, 15, 20, temperature, torch.Generator().manual_seed(seed))
+    def sample(seed, temperature, top_k=0):
+        writer = UnitWriter(model.decoder, model.fusion, 3, 15, 20, temperature, torch.Generator().manual_seed(seed), top_k)
         return stream(writer, forced_pairs(states, batch["reply"], batch["reply_start"])).units
 
     assert sample(0, 1.0) == sample(0, 1.0) != sample(1, 1.0)
     assert all(0 <= u < N_UNITS for u in sample(2, 1.0))
+    greedy = sample(0, 0.0)
+    assert sample(5, 1.0, top_k=1) == sample(6, 100.0, top_k=1) == greedy  # top-1 sampling is the greedy choice
+    writer = UnitWriter(model.decoder, model.fusion, 3, 15, 20, 100.0, torch.Generator().manual_seed(0), top_k=2)
+    chosen = {writer._choose(torch.tensor([0.0, 5.0, 3.0, 1.0])) for _ in range(200)}
+    assert chosen == {1, 2}  # the two likeliest, both drawn at a high temperature
 
 
 def test_flops_count_the_decoder_and_a_forward_only_llm(world):

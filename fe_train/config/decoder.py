@@ -39,9 +39,15 @@ class DecoderConfig:
     """Decoder modules trained in full next to LoRA: the embeddings, which hold the new <sep> and unit rows."""
     max_new_units: int = 2048
     """Generation: units written at most after the reply ends."""
+    unit_temperature: float = 1.0
+    """Generation: units are sampled at this temperature (the paper's 1.0; seeded by eval.seed); 0 writes the most likely."""
+    unit_top_k: int = 0
+    """Generation: sample among the k most likely units (0: among all)."""
 
     def __post_init__(self):
         for key in ("n_units", "read_tokens", "write_units", "max_length", "lora_rank", "lora_alpha", "max_new_units"):
             require(getattr(self, key) >= 1, f"decoder.{key}", getattr(self, key), "an integer >= 1")
         require(self.fusion_hidden_dim >= 0, "decoder.fusion_hidden_dim", self.fusion_hidden_dim, "an integer >= 0")
         require(0.0 <= self.lora_dropout < 1.0, "decoder.lora_dropout", self.lora_dropout, "a fraction in [0, 1)")
+        require(self.unit_temperature >= 0.0, "decoder.unit_temperature", self.unit_temperature, "a number >= 0")
+        require(self.unit_top_k >= 0, "decoder.unit_top_k", self.unit_top_k, "an integer >= 0")

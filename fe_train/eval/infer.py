@@ -7,7 +7,8 @@ and put to the model under the checkpoint's prompt, and the greedy reply
 units. The emotion is the SER head's choice over the extractor's vector (stage 2's
 exports; '' without them). With stage 3's exports the reply is spoken while it is
 generated (``fe_train.model.streaming.speak``, ``decoder.read_tokens`` /
-``write_units`` / ``max_new_units``): its units are saved, and the vocoder
+``write_units`` / ``max_new_units``; units sampled at ``decoder.unit_temperature`` among
+``decoder.unit_top_k``, seeded by ``eval.seed``): its units are saved, and the vocoder
 (``eval.vocoder``), when configured, turns them into a wav.
 """
 
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fe_train.data.collate import Collate, to_device
 from fe_train.data.schema import Meta, SampleError
@@ -72,7 +74,8 @@ def infer(checkpoints: list[str], audio_path: str, out_dir: str, device, config_
     if isinstance(placed.model, SpokenReply):
         d = cfg.decoder
         spoken = speak(placed.model, batch, d.read_tokens, d.write_units, placed.tokenizer.eos_token_id,
-                       cfg.eval.max_new_tokens, d.max_new_units)
+                       cfg.eval.max_new_tokens, d.max_new_units, d.unit_temperature,
+                       torch.Generator().manual_seed(cfg.eval.seed), d.unit_top_k)
         result.reply = decode(placed.tokenizer, Reply(spoken.reply_ids, spoken.ended))
         result.units = spoken.units
     else:

@@ -33,13 +33,14 @@ class StreamedSpeech:
 
 
 class UnitWriter:
-    """``temperature`` 0 writes the most likely unit; above 0 samples (the paper samples at 1.0) with ``generator``."""
+    """``temperature`` 0 writes the most likely unit; above 0 samples (the paper samples at 1.0) with ``generator``,
+    among the ``top_k`` most likely (0: among all)."""
 
     def __init__(self, decoder: SpeechDecoder, fusion: GatedFusion, read: int, write: int, max_new_units: int,
-                 temperature: float = 0.0, generator: torch.Generator | None = None):
+                 temperature: float = 0.0, generator: torch.Generator | None = None, top_k: int = 0):
         self.decoder, self.fusion = decoder, fusion
         self.read, self.write, self.max_new_units = read, write, max_new_units
-        self.temperature, self.generator = temperature, generator
+        self.temperature, self.generator, self.top_k = temperature, generator, top_k
         vocab = decoder.vocab
         unit_ids = torch.arange(vocab.unit_offset, vocab.size)
         self.streaming_ids = unit_ids  # before the reply ends no eos can come (none in training)
@@ -99,7 +100,9 @@ class UnitWriter:
     def _choose(self, logits: torch.Tensor) -> int:
         if self.temperature <= 0:
             return int(logits.argmax())
-        probs = torch.softmax(logits / self.temperature, dim=-1)
+        if 0 < self.top_k < logits.numel():
+            logits = logits.masked_fill(logits < logits.topk(self.top_k).values[-1], float("-inf"))
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
         return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
 
 
@@ -132,8 +135,9 @@ def generated_pairs(llm, embeds: torch.Tensor, turn_end_id: int, max_tokens: int
 
 @torch.no_grad()
 def speak(model, batch: dict, read: int, write: int, turn_end_id: int, max_reply_tokens: int,
-          max_new_units: int, temperature: float = 0.0, generator: torch.Generator | None = None) -> StreamedSpeech:
+          max_new_units: int, temperature: float = 0.0, generator: torch.Generator | None = None,
+          top_k: int = 0) -> StreamedSpeech:
     """A spoken reply to a prompt-only batch of one (``SpokenReply`` model): the LLM's greedy text and streamed units."""
     embeds = model.speech_llm.embed(batch)  # (1, T, D_llm)
-    writer = UnitWriter(model.decoder, model.fusion, read, write, max_new_units, temperature, generator)
+    writer = UnitWriter(model.decoder, model.fusion, read, write, max_new_units, temperature, generator, top_k)
     return stream(writer, generated_pairs(model.speech_llm.llm, embeds, turn_end_id, max_reply_tokens))
