@@ -123,11 +123,13 @@ def _join(args) -> int:
         replies = {key: Target.from_record(r) for key, r in PartStore(args.replies).read().by_key.items()}
     unit_skips = Skips()
     units = UnitFiles(args.units, unit_skips) if args.units else None
+    if args.codebook and not args.units:
+        raise UserError(f"--codebook {args.codebook}: names the codebook of --units, which is not given")
     report = join_shards(resolve_shards(args.shards, "--shards"), args.out, replies, units, args.missing == "drop",
-                         args.progress)
+                         args.progress, args.codebook)
     problems = dict(report.problems.counts, **{f"units_file:{k}": v for k, v in unit_skips.counts.items()})
     print(f"joined {report.samples} samples into {args.out}: wrote {report.written}, attached {report.attached}, "
-          f"problems {problems}, targets without a sample {report.unused}")
+          f"stale units dropped {report.stale_units_dropped}, problems {problems}, targets without a sample {report.unused}")
     return 0
 
 
@@ -272,6 +274,8 @@ def shards_main(argv: list[str] | None = None) -> int:
     join.add_argument("--out", required=True, help="new directory for the joined shards")
     join.add_argument("--replies", default="", help="the --out directory of fe-train generate")
     join.add_argument("--units", default="", help="directory of {key}.npy files and/or .jsonl files of {key, units}")
+    join.add_argument("--codebook", default="", help="name of the units' codebook (the speech tokenizer), checked "
+                                                      "against decoder.codebook in training")
     join.add_argument("--missing", choices=("keep", "drop"), default="keep",
                       help="samples without a target: keep them unchanged (counted) or drop them (counted)")
     progress_flag(join)

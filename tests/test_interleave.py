@@ -97,6 +97,40 @@ def test_units_from_npy_member_or_json_list():
         assert info.value.reason == reason
 
 
+def test_units_of_another_codebook_or_of_an_older_reply_are_refused():
+    from fe_train.data.schema import UNITS_CODEBOOK, UNITS_REPLY, text_digest
+
+    raw = {"units.npy": encode_units([1, 2])}
+    named = Meta(key="k", reply="hello there", extra={UNITS_CODEBOOK: "cosyvoice2", UNITS_REPLY: text_digest("hello there")})
+    assert sample_units(raw, named, n_units=4, codebook="cosyvoice2").tolist() == [1, 2]
+    assert sample_units(raw, Meta(key="k"), n_units=4).tolist() == [1, 2]  # no codebook asked: any units
+    for meta, codebook, reason, detail in (
+            (named, "indextts2", "units_codebook", "units of codebook 'cosyvoice2', the decoder's is 'indextts2'"),
+            (Meta(key="k"), "indextts2", "units_codebook", "units of codebook '(unnamed)'"),
+            (Meta(key="k", reply="a new reply", extra=dict(named.extra)), "", "stale_units", "the reply changed")):
+        with pytest.raises(SampleError) as info:
+            sample_units(raw, meta, n_units=4, codebook=codebook)
+        assert info.value.reason == reason and detail in str(info.value)
+
+
+def test_instructs2s_units_are_named_as_the_datasets_own_codebook(tmp_path):
+    """InstructS2S ships HuBERT units of its own replies: a decoder of another codebook must not train on them."""
+    from fe_train.data.corpora import instructs2s
+    from fe_train.data.schema import UNITS_CODEBOOK, text_digest
+
+    clip = instructs2s._clip(tmp_path / "instruct_en_train.json", "c1", 0, {"speech": "q.wav", "text": "hi"},
+                             [{"from": "gpt", "text": "hello there", "unit": "<1><2><3>"}], "train")
+    assert clip.meta.extra[UNITS_CODEBOOK] == instructs2s.CODEBOOK
+    units = encode_units(clip.units)
+    assert sample_units({"units.npy": units}, clip.meta, n_units=1000, codebook=instructs2s.CODEBOOK).tolist() == [1, 2, 3]
+    with pytest.raises(SampleError, match="units_codebook"):
+        sample_units({"units.npy": units}, clip.meta, n_units=8192, codebook="cosyvoice2-6561")
+    clip.meta.reply = "the frozen LLM's own reply"  # self-distilled replies replace the dataset's
+    with pytest.raises(SampleError, match="stale_units"):
+        sample_units({"units.npy": units}, clip.meta, n_units=1000)
+    assert text_digest("hello there") != text_digest(clip.meta.reply)
+
+
 def test_text_reply_unit_shards_verify_without_audio(tmp_path):
     from fe_train.data.verify import verify
     from fe_train.data.writer import EncodedSample, encode_unit_sample, write_shards

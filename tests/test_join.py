@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from fe_train.cli import shards_main
-from fe_train.data.catalog import text_digest
 from fe_train.data.pipeline import iter_shard, resolve_shards
-from fe_train.data.schema import Meta, decode_units
+from fe_train.data.schema import Meta, decode_units, text_digest
 from fe_train.data.writer import ShardIndex, encode_sample, write_shards
 from fe_train.generate.parts import PartStore
 
@@ -128,3 +127,38 @@ def test_join_errors_are_one_line(world, capsys):
     PartStore(tmp / "replies").write(99, [{"key": sorted(world["replies"])[0], "reply": "a second opinion"}])
     assert shards_main(["join", "--shards", str(tmp / "in"), "--replies", str(tmp / "replies"), "--out", str(tmp / "o")]) == 2
     assert "has two different replies" in capsys.readouterr().err
+
+
+def test_units_carry_their_codebook_and_a_changed_reply_drops_them(world, capsys):
+    """``--codebook`` names the units' codebook in each sample, with the digest of the reply they speak; a later
+    join that replaces a reply with another text removes that sample's units (counted), since they speak the old one."""
+    from fe_train.data.schema import UNITS_CODEBOOK, UNITS_REPLY, sample_units
+
+    tmp = world["tmp_path"]
+    assert shards_main(["join", "--shards", str(tmp / "in"), "--replies", str(tmp / "replies"), "--units",
+                        str(tmp / "units"), "--codebook", "tiny-km8192", "--out", str(tmp / "first")]) == 0
+    first = read_joined(tmp / "first")
+    with_units = {key for key, raw in first.items() if "units.npy" in raw}
+    assert with_units
+    for key in with_units:
+        meta = Meta.from_json(first[key]["json"])
+        assert meta.extra[UNITS_CODEBOOK] == "tiny-km8192"
+        assert meta.extra.get(UNITS_REPLY, "") == (text_digest(meta.reply) if meta.reply else "")
+        sample_units(first[key], meta, n_units=8192, codebook="tiny-km8192")
+    changed = sorted(key for key in with_units if Meta.from_json(first[key]["json"]).reply)[:5]
+    store = PartStore(tmp / "new_replies")
+    store.root.mkdir()
+    store.write(0, [{"key": key, "reply": f"a better reply {i}"} for i, key in enumerate(changed)])
+    capsys.readouterr()
+    assert shards_main(["join", "--shards", str(tmp / "first"), "--replies", str(tmp / "new_replies"),
+                        "--out", str(tmp / "second")]) == 0
+    assert "stale units dropped 5" in capsys.readouterr().out
+    second = read_joined(tmp / "second")
+    for key, raw in second.items():
+        meta = Meta.from_json(raw["json"])
+        if key in changed:
+            assert "units.npy" not in raw and UNITS_CODEBOOK not in meta.extra and UNITS_REPLY not in meta.extra
+        elif key in with_units:
+            assert raw["units.npy"] == first[key]["units.npy"]  # a reply kept: its units kept
+    assert shards_main(["join", "--shards", str(tmp / "in"), "--replies", str(tmp / "replies"), "--codebook", "x",
+                        "--out", str(tmp / "third")]) == 2

@@ -13,6 +13,9 @@ class DecoderConfig:
     """Speech decoder: a Qwen2-architecture causal LM saved with save_pretrained (extended here), or a stage-3 decoder export."""
     n_units: int = 8192
     """Speech-unit vocabulary size N; unit u is decoder token ``sep + 1 + u``."""
+    codebook: str = ""
+    """Name of the units' codebook (speech tokenizer); when set, a sample whose units name another (or none) is
+    refused, counted as units_codebook ('' accepts any: fe-shards join --units --codebook names them)."""
     read_tokens: int = 3
     """R: reply positions read before each write."""
     write_units: int = 15

@@ -8,7 +8,6 @@ streamed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 from collections import Counter
@@ -20,11 +19,6 @@ from fe_train.data.schema import META_EXT, Meta, SampleError
 from fe_train.errors import UserError
 
 MANIFEST_SUFFIX = ".jsonl"
-
-
-def text_digest(text: str) -> str:
-    """A short digest of an instruction text, stored with its reply so a join can check the pairing."""
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
 def shard_metas(url: str, skips: Skips) -> Iterator[Meta]:

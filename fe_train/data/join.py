@@ -20,11 +20,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fe_train.data.catalog import text_digest
 from fe_train.data.manifest import Skips
 from fe_train.data.pipeline import iter_shard
 from fe_train.data.plan import Shard
-from fe_train.data.schema import META_EXT, UNITS_EXT, Meta, SampleError, encode_units
+from fe_train.data.schema import (
+    META_EXT,
+    UNITS_CODEBOOK,
+    UNITS_EXT,
+    UNITS_FIELD,
+    UNITS_REPLY,
+    Meta,
+    SampleError,
+    encode_units,
+    text_digest,
+)
 from fe_train.data.units import UnitFiles
 from fe_train.data.writer import EncodedSample, ShardIndex, write_tar
 from fe_train.errors import UserError
@@ -52,6 +61,8 @@ class JoinReport:
     attached: dict[str, int] = field(default_factory=lambda: {"reply": 0, "units": 0})
     replaced_replies: int = 0
     """Samples that had another reply before the join."""
+    stale_units_dropped: int = 0
+    """Samples whose reply changed here and whose old units (of the old reply) were removed."""
     problems: Skips = field(default_factory=Skips)
     """Counts with example keys: without_reply, without_units, text_mismatch, bad_units, key_mismatch, dropped, ..."""
     unused: dict[str, int] = field(default_factory=dict)
@@ -64,9 +75,13 @@ class JoinReport:
 
 
 def join_shards(shards: list[Shard], out_dir: str | Path, replies: Mapping[str, Target] | None = None,
-                units: UnitFiles | None = None, drop_missing: bool = False, progress: bool | None = None) -> JoinReport:
+                units: UnitFiles | None = None, drop_missing: bool = False, progress: bool | None = None,
+                codebook: str = "") -> JoinReport:
     """Write each shard of ``shards`` to ``out_dir`` with its targets attached; returns what happened.
 
+    Attached units record ``codebook`` (the speech tokenizer's name) and the digest of the reply they speak; a
+    sample whose reply a join changes loses units it had of the old reply (``stale_units_dropped``), unless new
+    units are attached with it.
     ``drop_missing``: leave out samples that lack a requested target (else they are kept unchanged).
     ``progress``: a bar over the shards (None: when stderr is a terminal).
     """
@@ -76,7 +91,7 @@ def join_shards(shards: list[Shard], out_dir: str | Path, replies: Mapping[str, 
     if any(Path(shard.url).resolve().parent == out.resolve() for shard in shards):
         raise UserError(f"--out {out}: holds the input shards; expected a new directory for the joined shards")
     out.mkdir(parents=True, exist_ok=True)
-    join = _Joiner(replies, units)
+    join = _Joiner(replies, units, codebook)
     index = ShardIndex()
     for shard in progress_bar("join", "shard", progress, iterable=shards):
         samples, read = [], 0
@@ -102,8 +117,8 @@ def join_shards(shards: list[Shard], out_dir: str | Path, replies: Mapping[str, 
 
 
 class _Joiner:
-    def __init__(self, replies: Mapping[str, Target] | None, units: UnitFiles | None):
-        self.replies, self.units = replies, units
+    def __init__(self, replies: Mapping[str, Target] | None, units: UnitFiles | None, codebook: str = ""):
+        self.replies, self.units, self.codebook = replies, units, codebook
         self.report = JoinReport()
         self.matched: dict[str, set[str]] = {"reply": set(), "units": set()}
 
@@ -125,11 +140,22 @@ class _Joiner:
         sample.duration_s = meta.duration_s
         complete = True
         if self.replies is not None:
+            old_reply = meta.reply
             complete &= self._attach_reply(meta, key)
-            members[META_EXT] = meta.to_json()
+            if meta.reply != old_reply and (self.units is None or key not in self.units):
+                self._drop_units(members, meta)
         if self.units is not None:
-            complete &= self._attach_units(members, key)
+            complete &= self._attach_units(members, meta, key)
+        members[META_EXT] = meta.to_json()
         return sample, complete
+
+    def _drop_units(self, members: dict[str, bytes], meta: Meta) -> None:
+        """The units of a reply that was just replaced: they speak the old one."""
+        had = members.pop(UNITS_EXT, None) is not None
+        had |= meta.extra.pop(UNITS_FIELD, None) is not None
+        for name in (UNITS_CODEBOOK, UNITS_REPLY):
+            meta.extra.pop(name, None)
+        self.report.stale_units_dropped += had
 
     def _attach_reply(self, meta: Meta, key: str) -> bool:
         target = self.replies.get(key)
@@ -149,7 +175,7 @@ class _Joiner:
         self.report.attached["reply"] += 1
         return True
 
-    def _attach_units(self, members: dict[str, bytes], key: str) -> bool:
+    def _attach_units(self, members: dict[str, bytes], meta: Meta, key: str) -> bool:
         if key not in self.units:
             self.report.problems.add("without_units", key)
             return False
@@ -159,5 +185,11 @@ class _Joiner:
         except SampleError as exc:
             self.report.problems.add(exc.reason, key)
             return False
+        meta.extra.pop(UNITS_FIELD, None)  # the member replaces a JSON list
+        for name, value in ((UNITS_CODEBOOK, self.codebook), (UNITS_REPLY, text_digest(meta.reply) if meta.reply else "")):
+            if value:
+                meta.extra[name] = value
+            else:
+                meta.extra.pop(name, None)
         self.report.attached["units"] += 1
         return True

@@ -8,6 +8,7 @@ the per-shard sample counts that the epoch plan needs.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -46,6 +47,10 @@ NEEDS = {
     "missing_field:answers": "`answers` in each item's JSON, the gold answers of spoken QA",
     "missing_units": "each sample's speech units ({key}.units.npy or a JSON `units` list: fe-shards join --units)",
     "bad_units": "units as integer ids below decoder.n_units",
+    "units_codebook": "units of the decoder's codebook (decoder.codebook; fe-shards join --units DIR --codebook NAME "
+                      "names the codebook of the units it attaches)",
+    "stale_units": "units made from the sample's current reply (its reply changed since: make its units again and "
+                   "join them)",
     "audio_too_long": "clips within the encoder's window (30 s for Whisper)",
     "audio_too_short": "clips long enough for one adapter token (model.adapter_stack_frames encoder frames)",
     "unfilled_slot": "a prompt whose every slot this model fills (an <emotion> slot needs the emotion extractor)",
@@ -116,10 +121,20 @@ def encode_units(units) -> bytes:
 
 UNITS_FIELD = "units"
 """JSON field that may hold a sample's units as a list of ints, when it has no ``.units.npy`` member."""
+UNITS_CODEBOOK = "units_codebook"
+"""JSON field: the name of the codebook (speech tokenizer) the sample's units are ids of."""
+UNITS_REPLY = "units_reply"
+"""JSON field: ``text_digest`` of the reply the units speak; a reply that changed since makes them stale."""
 
 
-def sample_units(raw: dict[str, Any], meta: Meta, n_units: int) -> np.ndarray:
-    """A sample's speech units, from ``{key}.units.npy`` or else the JSON field ``units``, each in [0, n_units)."""
+def text_digest(text: str) -> str:
+    """A short digest of a text, stored with what was made from it (a reply, units) so a join can check the pairing."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def sample_units(raw: dict[str, Any], meta: Meta, n_units: int, codebook: str = "") -> np.ndarray:
+    """A sample's speech units, from ``{key}.units.npy`` or else the JSON field ``units``, each in [0, n_units);
+    with ``codebook`` (``decoder.codebook``) they must name it, and units of a reply that changed are refused."""
     if UNITS_EXT in raw:
         units = decode_units(raw[UNITS_EXT])
     elif UNITS_FIELD in meta.extra:
@@ -133,4 +148,10 @@ def sample_units(raw: dict[str, Any], meta: Meta, n_units: int) -> np.ndarray:
         raise SampleError("missing_units")
     if units.min() < 0 or units.max() >= n_units:
         raise SampleError("bad_units", f"unit ids must lie in [0, {n_units}), got [{units.min()}, {units.max()}]")
+    named = meta.extra.get(UNITS_CODEBOOK, "")
+    if codebook and named != codebook:
+        raise SampleError("units_codebook", f"units of codebook {named or '(unnamed)'!r}, the decoder's is {codebook!r}")
+    spoken = meta.extra.get(UNITS_REPLY, "")
+    if spoken and meta.reply and spoken != text_digest(meta.reply):
+        raise SampleError("stale_units", "the reply changed after its units were made")
     return units

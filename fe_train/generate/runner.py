@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from fe_train.config import Config
-from fe_train.data.catalog import instruction_texts, text_digest
+from fe_train.data.catalog import instruction_texts
 from fe_train.data.manifest import Skips
+from fe_train.data.schema import text_digest
 from fe_train.engine.build import barrier, device_for, init_distributed, shutdown
 from fe_train.engine.placement import Placed, place
 from fe_train.errors import UserError

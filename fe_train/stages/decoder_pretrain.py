@@ -60,11 +60,12 @@ class DecoderRows:
     def __init__(self, d: DecoderConfig, decoder: SpeechDecoder):
         self.vocab = decoder.vocab
         self.read, self.write, self.max_length = d.read_tokens, d.write_units, d.max_length
+        self.codebook = d.codebook
 
     def __call__(self, row: Layout, raw: RawSample, meta: Meta) -> UnitSequence:
         if row.reply_truncated:
             raise SampleError("reply_too_long")  # the units speak the whole reply: a cut reply would not match them
-        units = sample_units(raw, meta, self.vocab.n_units)
+        units = sample_units(raw, meta, self.vocab.n_units, self.codebook)
         positions = [i for i, label in enumerate(row.labels) if label != IGNORE]  # the reply and its turn end
         return unit_sequence([row.input_ids[p] for p in positions], positions, self.vocab.unit_tokens(units),
                              self.vocab.sep_id, self.vocab.eos_id, self.read, self.write, self.max_length)

@@ -12,7 +12,9 @@ line are read too. Arrays are parsed incrementally, so multi-GB files fit in mem
 
 Every human turn becomes one sample: its speech is the audio, its text the
 instruction (``text``), the next gpt turn's text the ``reply`` and its units
-``{key}.units.npy``. ``extra`` keeps ``conversation``, ``turn`` (0-based index of
+``{key}.units.npy``, named as the dataset's own codebook (``CODEBOOK``, with the digest of
+the reply they speak): training with ``decoder.codebook`` set to another refuses them, and
+``fe-shards join --replies`` drops them when it replaces the reply. ``extra`` keeps ``conversation``, ``turn`` (0-based index of
 the human turn) and ``reply_speech``; earlier turns are not copied into each
 sample (join on ``conversation`` and ``turn`` for the history). The split is
 named by the file (``..._train`` / ``..._val`` / ``..._test``), else the build's default.
@@ -31,11 +33,13 @@ from pathlib import Path
 from fe_train.data.clip import Clip, parse_units, safe_key
 from fe_train.data.corpora import layout
 from fe_train.data.labels import LabelMap
-from fe_train.data.schema import Meta, SampleError
+from fe_train.data.schema import UNITS_CODEBOOK, UNITS_REPLY, Meta, SampleError, text_digest
 from fe_train.data.stats import Skips
 from fe_train.errors import UserError
 
 NAME = "instructs2s"
+CODEBOOK = "instructs2s-hubert-km1000"
+"""The dataset's own units (LLaMA-Omni's: mHuBERT features, k-means 1000), not the paper decoder's codebook."""
 EXPECTED = ("JSON files (e.g. instruct_en_train.json) at the root, each an array of "
             '{"id", "conversation": [{"from": "human"|"gpt", "text", "speech", "unit"}]} records')
 LABELS: dict[str, str | None] = {}
@@ -83,6 +87,8 @@ def _clip(path: Path, conversation: str, number: int, human: dict, after: list, 
         raise SampleError("missing_reply", "no gpt turn after the human turn")
     units = parse_units(reply["unit"]) if reply.get("unit") is not None else None
     extra = {"conversation": conversation, "turn": number, "source": f"{path.name}"}
+    if units is not None:
+        extra.update({UNITS_CODEBOOK: CODEBOOK, UNITS_REPLY: text_digest(reply["text"].strip())})
     if isinstance(reply.get("speech"), str):
         extra["reply_speech"] = reply["speech"]
     meta = Meta(key=safe_key(f"{NAME}-{conversation}-{number}"), corpus=NAME, text=text.strip(),
