@@ -31,7 +31,7 @@ from fe_train.generate.tasks import Task, build_task
 from fe_train.launch.env import LaunchEnv
 from fe_train.launch.progress import progress_bar
 from fe_train.model.frozen_llm import load_tokenizer
-from fe_train.model.pretrained import precision_dtype
+from fe_train.model.pretrained import precision_dtype, pretrained_dir
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class Summary:
 def settings(cfg: Config, task: Task) -> dict:
     """What the replies depend on; a resume into the same directory must not change it."""
     g = cfg.generate
-    return {**task.record(), "llm_path": str(Path(cfg.model.llm_path).resolve()), "precision": g.precision,
-            "sampling": asdict(sampling(cfg)), "seed": g.seed}
+    llm = Path(pretrained_dir(cfg.model.llm_path, "model.llm_path")).resolve()  # a hub id: its snapshot in the cache
+    return {**task.record(), "llm_path": str(llm), "precision": g.precision, "sampling": asdict(sampling(cfg)), "seed": g.seed}
 
 
 def sampling(cfg: Config) -> Sampling:
