@@ -46,10 +46,13 @@ DEFAULT_TIER_ON_WORLDS = ("tests/test_stage1_distributed.py", "tests/test_stage2
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [s for s in SEEDS if s != 0])
-def test_default_tier_bars_hold_for_other_seeds(seed):
-    """Seed 0 is the default tier itself; the same tests on the worlds of the other seeds."""
+def test_default_tier_bars_hold_for_other_seeds(seed, tmp_path):
+    """Seed 0 is the default tier itself; the same tests on the worlds of the other seeds (in a temporary directory
+    of their own: pytest's rotation of /tmp/pytest-of-<user> would delete a run's folders under another session)."""
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-m", "not slow", "-p", "no:cacheprovider",
-                           *DEFAULT_TIER_ON_WORLDS], env={**os.environ, "FE_WORLD_SEED": str(seed)},
-                          capture_output=True, text=True, timeout=5400, cwd=REPO)
-    print("\n".join(line for line in proc.stdout.splitlines() if line.startswith(("fold", "stage", "eval", "held"))))
+                           f"--basetemp={tmp_path / 'inner'}", *DEFAULT_TIER_ON_WORLDS],
+                          env={**os.environ, "FE_WORLD_SEED": str(seed)}, capture_output=True, text=True, timeout=5400,
+                          cwd=REPO)
+    figures = ("fold", "stage", "eval", "held", "word", "random")
+    print("\n".join(line.lstrip(".sF") for line in proc.stdout.splitlines() if line.lstrip(".sF").startswith(figures)))
     assert proc.returncode == 0, proc.stdout[-6000:]
