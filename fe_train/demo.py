@@ -3,13 +3,15 @@
 Builds tiny frozen models and a spoken-instruction corpus (espeak-ng voices),
 writes shards with the project's writer, trains stage 1 with real DeepSpeed
 ZeRO-3 in ``nproc`` processes (torchrun; gloo on CPU), and prints the first and
-last loss, the held-out voices' spoken-QA accuracy, reply-token accuracy and eval
-loss before and after, and where the checkpoint, metrics and plot are. Exits 1
-when stage 1 did not learn on the held-out voices (``MARGIN``).
+last loss; on questions and voices stage 1 never heard, the spoken-QA accuracy
+before and after beside the frozen LLM's accuracy on their transcripts, and the
+reply-token accuracy and eval loss; and where the checkpoint, metrics and plot
+are. Exits 1 when stage 1 did not generalise (``SHARE_OF_TRANSCRIPT``, ``LOSS_DROP``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -40,8 +42,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-MARGIN = 0.2
-"""What the held-out spoken-QA accuracy must gain, with the held-out eval loss ending below its start."""
+SHARE_OF_TRANSCRIPT = 0.6
+"""Spoken-QA accuracy on held-out voices and questions must reach this share of the frozen LLM's accuracy on
+the same questions' transcripts. The worlds of seeds 0 and 1 reach 0.85 and 0.69; one with half the voices per
+question and a weaker encoder reached 0.50 (``docs/stage1.md``)."""
+LOSS_DROP = 0.3
+"""The held-out eval loss must end at least this fraction below its start."""
 
 
 def run_demo(out: Path, nproc: int = 2, epochs: int | None = None, assets_dir: Path | None = None) -> int:
@@ -72,21 +78,33 @@ def run_demo(out: Path, nproc: int = 2, epochs: int | None = None, assets_dir: P
     if result.returncode:
         print(f"demo: training failed with exit status {result.returncode}", file=sys.stderr)
         return result.returncode
-    print(summary(run_dir, time.perf_counter() - started))
-    return verdict(run_dir)
+    transcript = transcript_accuracy(run_dir, assets.heldout_shards, out / "transcript", env)
+    print(summary(run_dir, transcript, time.perf_counter() - started))
+    return verdict(run_dir, transcript)
 
 
-def verdict(run_dir: Path) -> int:
-    """0 when stage 1 learned on the held-out voices: spoken-QA accuracy up by ``MARGIN``, eval loss below its start."""
+def transcript_accuracy(run_dir: Path, shards: Path, out: Path, env: dict[str, str]) -> float:
+    """The frozen LLM's spoken-QA accuracy on the held-out questions' transcripts (``eval.control=transcript``)."""
+    command = [sys.executable, "-m", "fe_train", "eval", "spokenqa", "--ckpt", str(run_dir), "--shards", str(shards),
+               "--out", str(out), "eval.control=transcript", "eval.max_new_tokens=12"]
+    log.info("transcript control: %s", " ".join(command))
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / "spokenqa.json").read_text())["accuracy"]["value"]
+
+
+def verdict(run_dir: Path, transcript: float) -> int:
+    """0 when stage 1 generalised: held-out spoken-QA accuracy at least ``SHARE_OF_TRANSCRIPT`` of the transcript's,
+    and the held-out eval loss down by ``LOSS_DROP``."""
     evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss" in r]
     first, last = evals[0], evals[-1]
-    gain = last["eval/spokenqa/accuracy"] - first["eval/spokenqa/accuracy"]
-    if gain >= MARGIN and last["eval/loss"] < first["eval/loss"]:
-        print(f"stage 1 generalises to the held-out voices: spoken-QA accuracy +{gain:.3f} (at least {MARGIN}), "
-              f"eval loss {first['eval/loss']:.4f} -> {last['eval/loss']:.4f}")
+    accuracy, bar = last["eval/spokenqa/accuracy"], SHARE_OF_TRANSCRIPT * transcript
+    loss_bar = (1 - LOSS_DROP) * first["eval/loss"]
+    figures = (f"spoken-QA accuracy {accuracy:.3f} (at least {bar:.3f}: {SHARE_OF_TRANSCRIPT} x the transcript's "
+               f"{transcript:.3f}), eval loss {first['eval/loss']:.4f} -> {last['eval/loss']:.4f} (at most {loss_bar:.4f})")
+    if accuracy >= bar and last["eval/loss"] <= loss_bar:
+        print(f"stage 1 generalises to held-out voices and questions: {figures}")
         return 0
-    print(f"demo: stage 1 did not learn on the held-out voices: spoken-QA accuracy {gain:+.3f} (expected at least "
-          f"+{MARGIN}), eval loss {first['eval/loss']:.4f} -> {last['eval/loss']:.4f}", file=sys.stderr)
+    print(f"demo: stage 1 did not generalise to held-out voices and questions: {figures}", file=sys.stderr)
     return 1
 
 
@@ -96,7 +114,7 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def summary(run_dir: Path, wall_s: float) -> str:
+def summary(run_dir: Path, transcript: float, wall_s: float) -> str:
     records = read_metrics(run_dir / "metrics.jsonl")
     train = [r for r in records if "train/loss" in r]
     evals = [r for r in records if "eval/loss" in r]
@@ -106,9 +124,10 @@ def summary(run_dir: Path, wall_s: float) -> str:
                      f"last {train[-1]['train/loss']:.4f} (step {train[-1]['step']})")
     if evals:
         first, last = evals[0], evals[-1]
-        lines.append(f"held-out voices, spoken questions answered: before {first['eval/spokenqa/accuracy']:.3f} -> "
-                     f"after {last['eval/spokenqa/accuracy']:.3f} (step {first['step']} -> {last['step']})")
-        lines.append(f"held-out voices, reply-token accuracy: before {first['eval/token_acc']:.3f} -> "
+        lines.append(f"held-out voices and questions, answered from speech: before {first['eval/spokenqa/accuracy']:.3f}"
+                     f" -> after {last['eval/spokenqa/accuracy']:.3f} (step {first['step']} -> {last['step']}); "
+                     f"from the transcript: {transcript:.3f}")
+        lines.append(f"held-out voices and questions, reply-token accuracy: before {first['eval/token_acc']:.3f} -> "
                      f"after {last['eval/token_acc']:.3f} (loss {first['eval/loss']:.4f} -> {last['eval/loss']:.4f})")
     lines += [f"checkpoint: {run_dir / 'checkpoints'}", f"adapter export: {run_dir / 'export' / 'adapter.safetensors'}",
               f"metrics: {run_dir / 'metrics.jsonl'}", f"loss curve: {run_dir / 'loss.png'}"]

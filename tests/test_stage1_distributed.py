@@ -26,7 +26,7 @@ def trained(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("stage1") / "run"
     result = out.parent / "report.json"
     args = [str(REPO / "tests" / "dist" / "stage1_check.py"), str(result), CONFIG,
-            *stage1_overrides(assets, out, **{"train.epochs": 4, "train.log_every": 1, "train.eval_every": 0,
+            *stage1_overrides(assets, out, **{"train.epochs": 2, "train.log_every": 1, "train.eval_every": 0,
                                               "data.eval_shards": assets.train_shards})]
     proc = torchrun(args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -68,7 +68,7 @@ def test_replicated_plan_keeps_frozen_models_outside_the_engine_and_trains_the_s
     out = tmp_path / "run"
     result = tmp_path / "report.json"
     proc = torchrun([str(REPO / "tests" / "dist" / "stage1_check.py"), str(result), CONFIG,
-                     *stage1_overrides(assets, out, **{"train.epochs": 4, "train.log_every": 1, "train.eval_every": 0,
+                     *stage1_overrides(assets, out, **{"train.epochs": 2, "train.log_every": 1, "train.eval_every": 0,
                                                        "data.eval_shards": assets.train_shards,
                                                        "engine.ds_config": "ds_configs/zero3_replicated.json"})])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -96,7 +96,7 @@ def test_bf16_trains_the_adapter_in_bf16_with_fp32_masters_and_the_fp32_loss(ass
     out = tmp_path / "run"
     result = tmp_path / "report.json"
     proc = torchrun([str(REPO / "tests" / "dist" / "stage1_check.py"), str(result), CONFIG,
-                     *stage1_overrides(assets, out, **{"train.epochs": 4, "train.log_every": 1, "train.eval_every": 0,
+                     *stage1_overrides(assets, out, **{"train.epochs": 2, "train.log_every": 1, "train.eval_every": 0,
                                                        "train.max_steps": 3, "data.eval_shards": "",
                                                        "train.precision": "bf16"})])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -125,7 +125,7 @@ def test_resume_matches_uninterrupted_run(assets, trained, tmp_path):
     reference_out, _ = trained
     reference = {r["step"]: r["train/loss"] for r in read_metrics(reference_out / "metrics.jsonl") if "train/loss" in r}
     out = tmp_path / "run"
-    overrides = stage1_overrides(assets, out, **{"train.epochs": 4, "train.log_every": 1, "train.eval_every": 0,
+    overrides = stage1_overrides(assets, out, **{"train.epochs": 2, "train.log_every": 1, "train.eval_every": 0,
                                                  "data.eval_shards": assets.train_shards})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "fe_train", "train", "--config", CONFIG, *overrides]

@@ -58,4 +58,4 @@ def test_installed_wheel_finds_presets_and_ds_configs_from_another_directory(whe
 def test_installed_wheel_runs_the_demo_from_another_directory(wheel_venv, assets, tmp_path):
     proc = run([wheel_venv / "bin" / "fe-train", "demo", "--out", tmp_path / "demo", "--assets", assets.root],
                cwd=tmp_path, env=dist_env())
-    assert "stage 1 generalises to the held-out voices" in proc.stdout, proc.stdout[-3000:]
+    assert "stage 1 generalises to held-out voices and questions" in proc.stdout, proc.stdout[-3000:]

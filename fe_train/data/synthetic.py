@@ -27,6 +27,10 @@ SOUNDS = {"dog": "woof", "cat": "meow", "cow": "moo", "duck": "quack",
           "sheep": "baa", "owl": "hoot", "lion": "roar", "snake": "hiss"}
 LEGS = {"dog": "four", "cat": "four", "cow": "four", "duck": "two",
         "sheep": "four", "owl": "two", "lion": "four", "snake": "no"}
+FOODS = {"dog": "bones", "cat": "fish", "cow": "grass", "duck": "bread",
+         "sheep": "grass", "owl": "mice", "lion": "meat", "snake": "eggs"}
+HOMES = {"dog": "house", "cat": "house", "cow": "farm", "duck": "pond",
+         "sheep": "field", "owl": "tree", "lion": "jungle", "snake": "desert"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,20 @@ def instructions() -> list[Instruction]:
         out.append(Instruction(f"sound-{animal}", f"what sound does the {animal} make", f"the {animal} says {sound} ."))
     for animal, legs in LEGS.items():
         out.append(Instruction(f"legs-{animal}", f"how many legs does the {animal} have", f"the {animal} has {legs} legs ."))
+    return out
+
+
+def questions() -> list[Instruction]:
+    """The 24 ``instructions`` and 16 more about the same animals: each animal is asked about four things.
+
+    Stage 1's world (``fe_train.fixtures.assets``) holds some of them out; every animal is still heard in
+    three other questions, so a stage 1 that reads the words can answer them and one that memorised cannot.
+    """
+    out = instructions()
+    for animal, food in FOODS.items():
+        out.append(Instruction(f"food-{animal}", f"what does the {animal} eat", f"the {animal} eats {food} ."))
+    for animal, home in HOMES.items():
+        out.append(Instruction(f"home-{animal}", f"where does the {animal} live", f"the {animal} lives in the {home} ."))
     return out
 
 
