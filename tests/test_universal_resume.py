@@ -1,6 +1,6 @@
 """Resume on another world size through DeepSpeed's universal checkpoint (stage 1, real ZeRO-3 on CPU, gloo).
 
-A run on ``first`` ranks saves at step 35 of the 36 in an epoch (576 samples, global batch 16) and goes on to
+A run on ``first`` ranks saves at step 71 of the 72 in an epoch (1152 samples, global batch 16) and goes on to
 the end; a copy of that checkpoint is resumed on ``second`` ranks (converted to the universal form by the
 product, rank 0) and trains the last step. The epoch's last 16 samples form the same two micro-batches of 8 on
 1 and on 2 ranks, so the resumed step sees exactly the data the uninterrupted one saw, and its loss and update
@@ -19,7 +19,7 @@ from conftest import REPO, stage1_overrides, torchrun
 from fe_train.tracking.tracker import read_metrics
 
 CONFIG = str(REPO / "configs" / "stage1_tiny.yaml")
-SAVED = 35
+SAVED = 71
 TAG = f"step{SAVED:08d}"
 MOMENTS = ("fp32", "exp_avg", "exp_avg_sq")
 
