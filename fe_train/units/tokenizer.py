@@ -46,7 +46,7 @@ def load_tokenizer(spec: str, arg: str = "") -> SpeechTokenizer:
     where = f"--tokenizer {spec}"
     function = import_attribute(spec, where, "a function(arg: str) returning " + EXPECTED)
     if not callable(function):
-        raise UserError(f"{where}: {spec!r} is a {type(function).__name__}, not a function; "
+        raise UserError(f"{where}: {spec!r} is not a function (it is of type {type(function).__name__}); "
                         f"expected a function(arg: str) returning {EXPECTED}")
     tokenizer = function(arg)
     wrong = [name for name, kind in (("codebook", str), ("n_units", int), ("sample_rate_hz", int))
