@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from conftest import skip_or_fail
 from fe_train.cli import shards_main
 from fe_train.data import synthetic
 from fe_train.data.pipeline import iter_shard, resolve_shards
@@ -16,6 +15,8 @@ from fe_train.data.schema import Meta, SampleError, sample_units, text_digest
 from fe_train.data.writer import EncodedSample, write_shards
 from fe_train.units.frames import FrameSettings, LogMelFrames
 from fe_train.units.kmeans import fit_units, load
+
+pytestmark = pytest.mark.usefixtures("espeak_ng")
 
 K = 24
 VOICE = synthetic.Voice("en+m1")
@@ -67,8 +68,6 @@ def replies() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Reply shards (one sample without a reply among them) and a k-means codebook fitted on their speech."""
-    if not synthetic.have_espeak():
-        skip_or_fail("espeak-ng is not installed (tests/sysdeps.sh installs it)")
     root = tmp_path_factory.mktemp("units")
     samples = [EncodedSample(key, {"json": Meta(key=key, text="a question", reply=reply).to_json()})
                for key, reply in replies().items()]
