@@ -13,6 +13,7 @@ from fe_train.data import synthetic
 from fe_train.data.pipeline import iter_shard, resolve_shards
 from fe_train.data.schema import Meta, SampleError, sample_units, text_digest
 from fe_train.data.writer import EncodedSample, write_shards
+from fe_train.errors import UserError
 from fe_train.units.frames import FrameSettings, LogMelFrames
 from fe_train.units.kmeans import fit_units, load
 
@@ -98,6 +99,11 @@ def test_fit_is_deterministic_and_its_name_changes_with_k_and_data(world, tmp_pa
     assert info["fitted_on"]["replies"] == 48 and info["fitted_on"]["skipped"]["counts"] == {"without_reply": 1}
     assert info["seed"] == 0 and info["features"]["frame_rate_hz"] == UNITS_PER_S
     assert load(str(first)).codebook == info["name"]
+    centroids = np.load(first / "codebook.npy")
+    centroids[0, 0] += 1e-3
+    np.save(tmp_path / "again" / "codebook.npy", centroids)
+    with pytest.raises(UserError, match=r"codebook.npy and codebook.json are not of one fit \(named 'kmeans-logmel-k"):
+        load(str(tmp_path / "again"))
 
     frames = LogMelFrames(FrameSettings())
     speech = [frames(synthetic.speak(reply, VOICE)) for reply in replies().values()]
