@@ -199,6 +199,7 @@ def test_a_plugged_tokenizer_works_end_to_end(world, tmp_path, monkeypatch, caps
     assert shards_main(["units", "make", "--shards", str(world / "shards"), "--tokenizer",
                         "energy_units_e2e:load_out_of_range", "--tokenizer-arg", "8", "--out", str(tmp_path / "bad")]) == 2
     assert "tokenizer of codebook 'energy-q8': returned ids in [0, " in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "bad").iterdir()] == []  # no half-written units left behind
 
 
 @pytest.mark.parametrize("spec, arg, message", [

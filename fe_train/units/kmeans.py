@@ -54,14 +54,18 @@ def nearest(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k seeds from the rows of ``x``: the first uniformly, each next one with probability proportional to its
     squared distance from the seeds so far (uniformly again when every row sits on a seed)."""
-    centroids = [x[rng.integers(len(x))]]
-    dist = ((x - centroids[0]) ** 2).sum(axis=1)
+    squares = (x * x).sum(axis=1)  # (N,)
+
+    def distance_to(row: int) -> np.ndarray:
+        return np.maximum(squares - 2.0 * (x @ x[row]) + squares[row], 0.0)  # (N,), one matrix-vector product
+
+    chosen = [int(rng.integers(len(x)))]
+    dist = distance_to(chosen[0])
     for _ in range(1, k):
         total = dist.sum()
-        chosen = rng.choice(len(x), p=dist / total) if total > 0 else rng.integers(len(x))
-        centroids.append(x[chosen])
-        dist = np.minimum(dist, ((x - x[chosen]) ** 2).sum(axis=1))
-    return np.stack(centroids)
+        chosen.append(int(rng.choice(len(x), p=dist / total)) if total > 0 else int(rng.integers(len(x))))
+        dist = np.minimum(dist, distance_to(chosen[-1]))
+    return x[chosen].copy()
 
 
 def lloyd(x: np.ndarray, centroids: np.ndarray, iterations: int) -> tuple[np.ndarray, float]:
@@ -130,7 +134,7 @@ class KMeansUnits:
 def fit_units(frames: list[np.ndarray], k: int, seed: int, settings: FrameSettings,
               fitted_on: dict | None = None, iterations: int = ITERATIONS) -> KMeansUnits:
     """A codebook of ``k`` centroids fitted on ``frames`` (one (T, dim) array per wave, as ``LogMelFrames`` gives)."""
-    x = np.concatenate([f for f in frames if len(f)]) if any(len(f) for f in frames) else np.zeros((0, settings.dim))
+    x = np.concatenate([np.zeros((0, settings.dim)), *frames])  # (N, dim)
     if len(x) < k:
         raise UserError(f"--k {k}: needs at least {k} frames of speech to fit, got {len(x)} "
                         f"(more samples with a reply, or a smaller --k)")

@@ -56,9 +56,9 @@ class Replies:
                 key = raw["__key__"]
                 self.samples += 1
                 try:
-                    meta = Meta.from_json(raw[META_EXT]) if META_EXT in raw else None
-                    if meta is None:
+                    if META_EXT not in raw:
                         raise SampleError(f"missing_member:{META_EXT}")
+                    meta = Meta.from_json(raw[META_EXT])
                 except SampleError as exc:
                     self.skips.add(exc.reason, key)
                     continue
@@ -124,16 +124,19 @@ def make_units(replies: Replies, tokenizer: SpeechTokenizer, out_dir: str | Path
     out.mkdir(parents=True, exist_ok=True)
     manifest = UnitsManifest(tokenizer.codebook, tokenizer.n_units, tokenizer.sample_rate_hz, tokenizer_spec,
                              asdict(voice), replies.source)
-    tmp = out / f".{UNITS_NAME}.{os.getpid()}.tmp"
-    with open(tmp, "w") as stream:
-        batch: list[tuple[str, str, np.ndarray]] = []
-        for key, reply in progress_bar("speak and tokenize replies", "reply", progress, iterable=replies):
-            batch.append((key, reply, speak(reply, voice, tokenizer.sample_rate_hz)))
-            if len(batch) == BATCH:
-                _write_batch(batch, tokenizer, stream, manifest, replies.skips)
-                batch = []
-        _write_batch(batch, tokenizer, stream, manifest, replies.skips)
-    os.replace(tmp, out / UNITS_NAME)
+    tmp = out / f".{UNITS_NAME}.{os.getpid()}.tmp"  # not *.jsonl: a join never reads half a file
+    try:
+        with open(tmp, "w") as stream:
+            batch: list[tuple[str, str, np.ndarray]] = []
+            for key, reply in progress_bar("speak and tokenize replies", "reply", progress, iterable=replies):
+                batch.append((key, reply, speak(reply, voice, tokenizer.sample_rate_hz)))
+                if len(batch) == BATCH:
+                    _write_batch(batch, tokenizer, stream, manifest, replies.skips)
+                    batch = []
+            _write_batch(batch, tokenizer, stream, manifest, replies.skips)
+        os.replace(tmp, out / UNITS_NAME)
+    finally:
+        tmp.unlink(missing_ok=True)
     manifest.samples, manifest.skipped = replies.samples, replies.skips.to_dict()
     atomic_write(out / MANIFEST_NAME, manifest.to_json().encode())
     return manifest
