@@ -48,12 +48,15 @@ class Replies:
     """Stop after this many replies (0: all)."""
     skips: Skips = field(default_factory=Skips)
     samples: int = 0
+    """Samples read so far."""
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         seen: set[str] = set()
         for shard in self.shards:
+            read = 0
             for _, raw in iter_shard(shard.url):
                 key = raw["__key__"]
+                read += 1
                 self.samples += 1
                 try:
                     if META_EXT not in raw:
@@ -71,20 +74,20 @@ class Replies:
                     yield key, meta.reply
                     if self.max_samples and len(seen) >= self.max_samples:
                         return
+            if read < shard.count:  # iter_shard ends quietly at a broken tar: its missing samples would go uncounted
+                raise UserError(f"shard {shard.url}: read {read} of its {shard.count} samples (truncated or corrupt tar)")
 
 
 def fit_codebook(replies: Replies, k: int, voice: Voice, seed: int = 0, settings: FrameSettings = FrameSettings(),
                  progress: bool | None = None) -> KMeansUnits:
     """The built-in tokenizer fitted on ``replies`` spoken by ``voice``."""
-    frames, speech_s = LogMelFrames(settings), 0.0
-    features = []
+    frames, features, speech_s = LogMelFrames(settings), [], 0.0
     for _, reply in progress_bar("speak replies", "reply", progress, iterable=replies):
         wave = speak(reply, voice, settings.sample_rate_hz)
         speech_s += len(wave) / settings.sample_rate_hz
         features.append(frames(wave))
     fitted_on = {"shards": replies.source, "shard_count": len(replies.shards), "replies": len(features),
-                 "speech_s": round(speech_s, 3),
-                 "voice": asdict(voice), "skipped": replies.skips.to_dict()}
+                 "speech_s": round(speech_s, 3), "voice": asdict(voice), "skipped": replies.skips.to_dict()}
     return fit_units(features, k, seed, settings, fitted_on)
 
 
@@ -98,11 +101,17 @@ class UnitsManifest:
     tokenizer: dict
     voice: dict
     shards: str
+    """The shard pattern the replies were read from."""
     samples: int = 0
+    """Samples read."""
     written: int = 0
+    """Samples whose units were written."""
     units: int = 0
+    """Units written, all samples together."""
     speech_s: float = 0.0
+    """Seconds of speech the written units were made of."""
     skipped: dict = field(default_factory=dict)
+    """Samples without units: counts by reason and example keys."""
 
     @property
     def units_per_s(self) -> float:
@@ -134,6 +143,7 @@ def make_units(replies: Replies, tokenizer: SpeechTokenizer, out_dir: str | Path
                     _write_batch(batch, tokenizer, stream, manifest, replies.skips)
                     batch = []
             _write_batch(batch, tokenizer, stream, manifest, replies.skips)
+        (out / MANIFEST_NAME).unlink(missing_ok=True)  # an older run's: it may name another codebook
         os.replace(tmp, out / UNITS_NAME)
     finally:
         tmp.unlink(missing_ok=True)
