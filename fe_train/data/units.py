@@ -45,9 +45,21 @@ class UnitFiles:
             raise UserError(f"--units {path}: expected a directory of {{key}}.npy / {{key}}.{UNITS_EXT} files or a .jsonl file")
         for file in files:
             self._index_jsonl(file, skips)
-        manifest = self.root / MANIFEST_NAME if self.root.is_dir() else self.root.with_name(MANIFEST_NAME)
-        self.codebook: str = json.loads(manifest.read_text()).get("codebook", "") if manifest.is_file() else ""
+        self.codebook = self._manifest_codebook()
         """The codebook the manifest names ('' without one)."""
+
+    def _manifest_codebook(self) -> str:
+        manifest = self.root / MANIFEST_NAME if self.root.is_dir() else self.root.with_name(MANIFEST_NAME)
+        if not manifest.is_file():
+            return ""
+        try:
+            codebook = json.loads(manifest.read_text()).get("codebook", "")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            codebook = None
+        if not isinstance(codebook, str):
+            raise UserError(f"--units {self.root}: {manifest} is not a JSON object with a codebook name (expected the "
+                            f"manifest fe-shards units make writes)")
+        return codebook
 
     def codebook_for(self, given: str) -> str:
         """The codebook to record: ``given`` (``--codebook``) or the manifest's; a ``UserError`` when they differ."""
