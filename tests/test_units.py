@@ -146,6 +146,8 @@ def test_make_then_join_gives_stage3_units_of_the_named_codebook(world, tmp_path
     assert shards_main(["join", "--shards", str(world / "shards"), "--units", str(units_dir), "--codebook", "other",
                         "--out", str(tmp_path / "refused")]) == 2
     assert f"the units in {units_dir} are of codebook {name!r}" in capsys.readouterr().err
+    assert shards_main(["join", "--shards", str(world / "shards"), "--units", str(units_dir), "--codebook", name,
+                        "--out", str(tmp_path / "agreed")]) == 0  # a --codebook that agrees is accepted
     assert shards_main(["join", "--shards", str(world / "shards"), "--units", str(units_dir),
                         "--out", str(tmp_path / "joined")]) == 0  # the codebook comes from the manifest
     joined = read_joined(tmp_path / "joined")
