@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from fe_train.launch.logs import setup_logging
+from fe_train.units.frames import STACK
 
 BUILT_IN = "fe_train.units.kmeans:load"
 """The built-in tokenizer's entry point; its argument is the folder ``fit`` wrote."""
@@ -25,7 +26,9 @@ def add_units_parser(sub, progress_flag) -> None:
     fit.add_argument("--k", type=int, default=64, help="number of units (centroids)")
     fit.add_argument("--max-samples", type=int, default=1000, help="fit on the first N replies in shard order (0: all)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the k-means++ initialisation")
-    fit.add_argument("--n-mels", type=int, default=80, help="log-mel bands (two 10 ms frames are stacked per unit)")
+    fit.add_argument("--n-mels", type=int, default=80, help="log-mel bands of each 10 ms frame")
+    fit.add_argument("--stack", type=int, default=STACK, help="10 ms log-mel frames stacked into one unit: "
+                     "2 gives 50 units a second (HuBERT's rate), 4 gives 25 (CosyVoice2's)")
     fit.add_argument("--voice", default="en+m1", help="espeak-ng voice that speaks the replies")
     progress_flag(fit)
     fit.set_defaults(run=_fit)
@@ -49,15 +52,15 @@ def _fit(args: argparse.Namespace) -> int:
     from fe_train.units.step import Replies, fit_codebook
 
     setup_logging(0)
-    if args.k < 2 or args.n_mels < 1 or args.max_samples < 0:
-        raise UserError(f"--k {args.k} --n-mels {args.n_mels} --max-samples {args.max_samples}: expected k >= 2, "
-                        f"n_mels >= 1 and max_samples >= 0")
+    if args.k < 2 or args.n_mels < 1 or args.max_samples < 0 or args.stack < 1:
+        raise UserError(f"--k {args.k} --n-mels {args.n_mels} --max-samples {args.max_samples} --stack {args.stack}: "
+                        f"expected k >= 2, n_mels >= 1, max_samples >= 0 and stack >= 1")
     replies = Replies(resolve_shards(args.shards, "--shards"), args.shards, args.max_samples)
-    codebook = fit_codebook(replies, args.k, Voice(args.voice), args.seed, FrameSettings(n_mels=args.n_mels),
+    codebook = fit_codebook(replies, args.k, Voice(args.voice), args.seed, FrameSettings(n_mels=args.n_mels, stack=args.stack),
                             args.progress)
     codebook.save(args.out)
     fitted = codebook.info["fitted_on"]
-    print(f"fitted {codebook.codebook} on {fitted['replies']} replies ({fitted['speech_s']:.1f} s of speech, "
+    print(f"fitted {codebook.codebook} ({codebook.settings.frame_rate_hz:g} units a second) on {fitted['replies']} replies ({fitted['speech_s']:.1f} s of speech, "
           f"{codebook.info['frames']} frames), skipped {replies.skips.counts}; saved to {args.out}")
     print(f"next: fe-shards units make --shards SHARDS --tokenizer {BUILT_IN} --tokenizer-arg {args.out} --out UNITS")
     return 0

@@ -1,10 +1,11 @@
-"""The built-in tokenizer's features: Whisper log-mel at 50 frames a second.
+"""The built-in tokenizer's features: Whisper log-mel at 50 frames a second by default.
 
-``LogMel`` (``fe_train.data.features``) hops 10 ms; two consecutive frames are
-stacked into one 20 ms frame, the rate of the HuBERT and CosyVoice units that
-stage 3 is built for (W units per R reply tokens assumes about 50 units a
-second). A wave of ``n`` samples gives ``n // 320`` frames at 16 kHz, whatever its
-length: the log-mel window is set far beyond any reply, so nothing is cut.
+``LogMel`` (``fe_train.data.features``) hops 10 ms; ``stack`` consecutive frames
+are stacked into one unit frame: by default two, one 20 ms frame, the rate of the
+HuBERT units the paper presets are built for (W units per R reply tokens assumes
+about 50 units a second); four give 25 Hz, CosyVoice2's rate, half the units per
+token. A wave of ``n`` samples gives ``n // (160 * stack)`` frames at 16 kHz,
+whatever its length: the log-mel window is set far beyond any reply, so nothing is cut.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fe_train.data.features import LogMel
 HOP = 160
 """Samples per log-mel frame at 16 kHz: 100 frames a second."""
 STACK = 2
-"""Log-mel frames per unit frame: 50 unit frames a second."""
+"""Log-mel frames per unit frame by default: 50 unit frames a second."""
 MAX_FRAMES = 1 << 22
 """Log-mel window in frames (about 11.6 hours): LogMel stops at its window, a reply never reaches it."""
 
