@@ -59,10 +59,11 @@ def trained(assets, world, tmp_path_factory):
 def spoken_reply(assets, cfg: Config, export=None):
     """The stage-3a model in fp32: the trained export, or (``export`` None) the decoder and fusion as the stage
     builds them before training (seeded)."""
+    from fe_train.engine.build import WholeBuild
     from fe_train.stages import decoder_pretrain
 
     torch.manual_seed(0)
-    model, tokenizer = decoder_pretrain.build_model(cfg, torch.float32, partitioned=False)
+    model, tokenizer = decoder_pretrain.build_model(cfg, torch.float32, WholeBuild)
     if export is not None:
         from safetensors.torch import load_file
 
