@@ -114,6 +114,17 @@ def test_fit_is_deterministic_and_its_name_changes_with_k_and_data(world, tmp_pa
     assert len(others) == 3 and info["name"] not in others
 
 
+def test_fit_stack_sets_the_unit_rate(world, tmp_path):
+    """--stack 4: four 10 ms log-mel frames per unit, 25 units a second (CosyVoice2's rate); another codebook."""
+    assert shards_main(["units", "fit", "--shards", str(world / "shards"), "--out", str(tmp_path / "km25"),
+                        "--k", str(K), "--stack", "4"]) == 0
+    info = json.loads((tmp_path / "km25" / "codebook.json").read_text())
+    assert info["features"]["stack"] == 4 and info["features"]["frame_rate_hz"] == UNITS_PER_S / 2
+    assert info["name"] != json.loads((world / "codebook" / "codebook.json").read_text())["name"]
+    wave = synthetic.speak("the cat says meow .", VOICE)
+    assert len(load(str(tmp_path / "km25"))([wave])[0]) == len(wave) // 640
+
+
 def test_units_are_informative(world):
     tokenizer = load(str(world / "codebook"))
     texts = ["the cat says meow .", "the cat says meow .", "the dog says woof .", "how many legs does the owl have"]

@@ -1,4 +1,4 @@
-"""The built-in speech tokenizer: k-means over 50 Hz log-mel frames, fitted on the replies' own speech.
+"""The built-in speech tokenizer: k-means over log-mel frames (50 Hz by default), fitted on the replies' own speech.
 
 It needs no download and no GPU, so the whole unit step runs and is tested on
 CPU; the paper's GPU codecs plug in through ``fe_train.units.tokenizer`` instead.
@@ -7,7 +7,7 @@ fitting frames, picks k-means++ seeds from a seeded generator, then runs at most
 ``ITERATIONS`` Lloyd iterations (stopping early only at a fixed point, which
 further iterations would not move): the same frames and seed give the same
 centroids. An empty cluster keeps its centroid. Consecutive equal units are kept,
-as LLaMA-Omni2 and CosyVoice keep them: one unit per 20 ms, so a sequence's
+as LLaMA-Omni2 and CosyVoice keep them: one unit per frame (20 ms at 50 Hz), so a sequence's
 length is its speech's duration.
 
 A fit is a folder: ``codebook.npy`` ((k, dim) float32 centroids) and
