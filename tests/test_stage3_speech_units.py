@@ -9,7 +9,6 @@ decoder's. Figures of ``make test``'s machine are in docs/units.md."""
 from __future__ import annotations
 
 import collections
-import json
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from fe_train.config import Config
 from fe_train.data.collate import Collate
 from fe_train.data.pipeline import Example, iter_shard, resolve_shards
 from fe_train.data.prompt import IGNORE, PromptLayout
+from fe_train.data.schema import Meta, sample_units
 from fe_train.fixtures.speech_unit_assets import READ_TOKENS, WRITE_UNITS, build_speech_unit_assets
 from fe_train.fixtures.unit_assets import reply_tokens
 
@@ -144,11 +144,9 @@ def test_3a_learns_units_made_from_speech(assets, world, trained):
     held_acc, train_acc = held_right / held_total, train_right / train_total
     baseline = targets.most_common(1)[0][1] / held_total
 
-    references = {json.loads(raw["json"])["reply"]: (raw, json.loads(raw["json"])) for raw in heldout}
-    from fe_train.data.schema import Meta, sample_units
-
-    units = {reply: sample_units(raw, Meta.from_json(raw["json"]), world.n_units, world.codebook).tolist()
-             for reply, (raw, _) in references.items()}
+    metas = [Meta.from_json(raw["json"]) for raw in heldout]
+    units = {meta.reply: sample_units(raw, meta, world.n_units, world.codebook).tolist()
+             for raw, meta in zip(heldout, metas)}
     trained_distance, length = streamed_distance(model, tokenizer, cfg, units)
     untrained, _ = spoken_reply(assets, cfg)
     untrained_distance, _ = streamed_distance(untrained, tokenizer, cfg, units)
