@@ -1,4 +1,4 @@
-"""Command-line entry points: ``fe-train`` (train, generate, eval, infer, demo) and ``fe-shards`` (build, join, verify).
+"""Command-line entry points: ``fe-train`` (train, generate, eval, infer, demo) and ``fe-shards`` (build, join, units, verify).
 
 A ``UserError`` anywhere ends the command with ``error: <message>`` on one line
 and exit status 2.
@@ -125,8 +125,9 @@ def _join(args) -> int:
     units = UnitFiles(args.units, unit_skips) if args.units else None
     if args.codebook and not args.units:
         raise UserError(f"--codebook {args.codebook}: names the codebook of --units, which is not given")
+    codebook = units.codebook_for(args.codebook) if units is not None else ""
     report = join_shards(resolve_shards(args.shards, "--shards"), args.out, replies, units, args.missing == "drop",
-                         args.progress, args.codebook)
+                         args.progress, codebook)
     problems = dict(report.problems.counts, **{f"units_file:{k}": v for k, v in unit_skips.counts.items()})
     print(f"joined {report.samples} samples into {args.out}: wrote {report.written}, attached {report.attached}, "
           f"stale units dropped {report.stale_units_dropped}, problems {problems}, targets without a sample {report.unused}")
@@ -275,11 +276,14 @@ def shards_main(argv: list[str] | None = None) -> int:
     join.add_argument("--replies", default="", help="the --out directory of fe-train generate")
     join.add_argument("--units", default="", help="directory of {key}.npy files and/or .jsonl files of {key, units}")
     join.add_argument("--codebook", default="", help="name of the units' codebook (the speech tokenizer), checked "
-                                                      "against decoder.codebook in training")
+                      "against decoder.codebook in training (default: the one the manifest.json of --units names)")
     join.add_argument("--missing", choices=("keep", "drop"), default="keep",
                       help="samples without a target: keep them unchanged (counted) or drop them (counted)")
     progress_flag(join)
     join.set_defaults(run=_join)
+    from fe_train.units.commands import add_units_parser
+
+    add_units_parser(sub, progress_flag)
     verify = sub.add_parser("verify", help="read back every sample of a shard directory")
     verify.add_argument("directory")
     progress_flag(verify)

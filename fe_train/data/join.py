@@ -180,6 +180,11 @@ class _Joiner:
             self.report.problems.add("without_units", key)
             return False
         self.matched["units"].add(key)
+        spoken = self.units.reply_digest(key)
+        if spoken and spoken != text_digest(meta.reply):
+            # Made from another reply than the sample has now (or before the reply was joined): they speak the wrong text.
+            self.report.problems.add("stale_units", key)
+            return False
         try:
             members[UNITS_EXT] = encode_units(self.units.load(key))
         except SampleError as exc:

@@ -4,6 +4,12 @@ Accepted: a directory of ``{key}.npy`` (or ``{key}.units.npy``) files, each a 1-
 integer array; a ``.jsonl`` file of ``{"key": ..., "units": [ints]}`` lines; or a
 directory holding both kinds. Files are indexed first and read when a sample
 needs them, so a corpus of units does not have to fit in memory.
+
+A directory that ``fe-shards units make`` wrote also holds ``manifest.json``,
+which names the codebook of its units (the join records it when ``--codebook``
+is not given, and refuses a ``--codebook`` that disagrees), and each of its
+lines carries ``reply_digest``, the ``text_digest`` of the reply that was spoken:
+units of a reply that changed since are not attached.
 """
 
 from __future__ import annotations
@@ -16,6 +22,11 @@ import numpy as np
 from fe_train.data.manifest import Skips
 from fe_train.data.schema import UNITS_EXT, SampleError, decode_units
 from fe_train.errors import UserError
+
+MANIFEST_NAME = "manifest.json"
+"""What ``fe-shards units make`` made: the codebook, the tokenizer, counts and skipped samples."""
+REPLY_DIGEST = "reply_digest"
+"""Field of a units line: ``text_digest`` of the reply the units speak."""
 
 
 class UnitFiles:
@@ -34,6 +45,28 @@ class UnitFiles:
             raise UserError(f"--units {path}: expected a directory of {{key}}.npy / {{key}}.{UNITS_EXT} files or a .jsonl file")
         for file in files:
             self._index_jsonl(file, skips)
+        self.codebook = self._manifest_codebook()
+        """The codebook the manifest names ('' without one)."""
+
+    def _manifest_codebook(self) -> str:
+        manifest = self.root / MANIFEST_NAME if self.root.is_dir() else self.root.with_name(MANIFEST_NAME)
+        if not manifest.is_file():
+            return ""
+        try:
+            codebook = json.loads(manifest.read_text()).get("codebook", "")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            codebook = None
+        if not isinstance(codebook, str):
+            raise UserError(f"--units {self.root}: {manifest} is not a JSON object with a codebook name (expected the "
+                            f"manifest fe-shards units make writes)")
+        return codebook
+
+    def codebook_for(self, given: str) -> str:
+        """The codebook to record: ``given`` (``--codebook``) or the manifest's; a ``UserError`` when they differ."""
+        if given and self.codebook and given != self.codebook:
+            raise UserError(f"--codebook {given}: the units in {self.root} are of codebook {self.codebook!r} "
+                            f"(its {MANIFEST_NAME}); leave --codebook out or make the units again")
+        return given or self.codebook
 
     def _add(self, key: str, where, table: dict) -> None:
         if key in self._npy or key in self._jsonl:
@@ -61,17 +94,24 @@ class UnitFiles:
     def __contains__(self, key: str) -> bool:
         return key in self._npy or key in self._jsonl
 
+    def _line(self, key: str) -> dict:
+        file, offset = self._jsonl[key]
+        with open(file, "rb") as stream:
+            stream.seek(offset)
+            return json.loads(stream.readline())
+
+    def reply_digest(self, key: str) -> str:
+        """``text_digest`` of the reply the units of ``key`` speak, where its line records it ('' otherwise)."""
+        return str(self._line(key).get(REPLY_DIGEST, "")) if key in self._jsonl else ""
+
     def load(self, key: str) -> np.ndarray:
         """The units of ``key`` as int64; ``SampleError('bad_units')`` when they are not 1-D non-negative ints."""
         if key in self._npy:
             units = decode_units(self._npy[key].read_bytes())
         else:
-            file, offset = self._jsonl[key]
-            with open(file, "rb") as stream:
-                stream.seek(offset)
-                values = json.loads(stream.readline()).get("units")
+            values = self._line(key).get("units")
             if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-                raise SampleError("bad_units", f"{file}: units of {key!r} are not a list of ints")
+                raise SampleError("bad_units", f"{self._jsonl[key][0]}: units of {key!r} are not a list of ints")
             units = np.asarray(values, dtype=np.int64)
         if len(units) == 0 or units.min() < 0:
             raise SampleError("bad_units", f"units of {key!r}: expected a non-empty sequence of non-negative ints")

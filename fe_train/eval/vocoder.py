@@ -8,13 +8,13 @@ packages. The callable takes the units (int64 numpy array, (T,)) and returns
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
 
+from fe_train.entry_point import import_attribute
 from fe_train.errors import UserError
 
 ENTRY_POINT_GROUP = "fe_train.vocoders"
@@ -24,12 +24,7 @@ def load_vocoder(spec: str) -> Callable[[np.ndarray], tuple[np.ndarray, int]]:
     """The callable ``spec`` names; a one-line ``UserError`` when it names nothing callable."""
     where = f"config eval.vocoder = {spec!r}"
     if ":" in spec:
-        module_name, _, attribute = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UserError(f"{where}: cannot import {module_name!r} ({exc})") from None
-        vocoder = getattr(module, attribute, None)
+        vocoder = import_attribute(spec, where, "a callable units -> (wave, sample_rate_hz)")
     else:
         found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
         if not found:
