@@ -19,6 +19,7 @@ from fe_train.data.collate import Collate
 from fe_train.data.pipeline import Example, iter_shard, resolve_shards
 from fe_train.data.prompt import IGNORE, PromptLayout
 from fe_train.data.schema import Meta, sample_units
+from fe_train.fixtures.listener import edit_distance
 from fe_train.fixtures.speech_unit_assets import READ_TOKENS, WRITE_UNITS, build_speech_unit_assets
 from fe_train.fixtures.unit_assets import reply_tokens
 
@@ -99,15 +100,6 @@ def teacher_forced(model, tokenizer, cfg: Config, raws: list[dict]) -> tuple[int
         total += int(keep.sum())
         targets.update(labels[keep].tolist())
     return right, total, targets
-
-
-def edit_distance(a: list[int], b: list[int]) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        diagonal, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
-    return row[-1]
 
 
 @torch.no_grad()
