@@ -44,7 +44,12 @@ def merge_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         tree.setdefault(section, {})
         if not isinstance(tree[section], dict):
             raise UserError(f"override {item!r}: {section!r} is not a section")
-        tree[section][name] = yaml.safe_load(value) if value else ""
+        try:
+            tree[section][name] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise UserError(f"override {item!r}: the value is not valid YAML ({problem}); quote a pattern with "
+                            "braces or commas inside a list: data.train_shards=['dir/a-{000..009}.tar',dir/b]") from None
     return tree
 
 
@@ -105,11 +110,19 @@ def from_tree(cls, tree: dict[str, Any], where: str, prefix: str = "", lines: di
 
 def _coerce(hint, value, key: str, where: str):
     origin = typing.get_origin(hint) or hint
-    if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint):
-        if value is None or str(value).lower() in ("null", "none", "auto"):
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in typing.get_args(hint) and (value is None or str(value).lower() in ("null", "none", "auto")):
             return None
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        origin = typing.get_origin(hint) or hint
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(options) == 1:
+            return _coerce(options[0], value, key, where)
+        for option in options:  # the first that takes the value (``str | list``: a pattern, else a list)
+            try:
+                return _coerce(option, value, key, where)
+            except UserError:
+                continue
+        names = " or ".join(getattr(option, "__name__", str(option)) for option in options)
+        raise UserError(f"{where}: {key!r} = {value!r} is not a valid {names}")
     try:
         if origin is bool:
             if isinstance(value, bool):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fe_train.config.checks import require
 from fe_train.config.prompts import HELPFUL_SYSTEM, SYSTEM_PROMPTS, USER_TURNS, named
+from fe_train.config.sources import parse_sources
 
 PRECISIONS = ("bf16", "fp32")
 PLACEMENTS = ("replicate", "zero3")
@@ -62,10 +63,11 @@ class PromptConfig:
 
 @dataclass
 class DataConfig:
-    train_shards: str = ""
-    """Training shards: a directory, a brace pattern (``dir/train-{000000..000031}.tar``) or a glob."""
-    eval_shards: str = ""
-    """Held-out shards evaluated at ``train.eval_every`` steps and at the end ('' for none)."""
+    train_shards: str | list = ""
+    """Training shards: a directory, a brace pattern (``dir/train-{000000..000031}.tar``) or a glob; or a list of
+    sources, each such a pattern or ``{shards: <pattern>, weight: <number > 0>}`` (docs/shards.md, mixing sources)."""
+    eval_shards: str | list = ""
+    """Held-out shards evaluated at ``train.eval_every`` steps and at the end ('' for none); a pattern or sources."""
     num_workers: int = 2
     """DataLoader worker processes per rank; every worker needs at least one shard."""
     sample_rate_hz: int = SAMPLE_RATE_HZ
@@ -76,6 +78,8 @@ class DataConfig:
     """Stop with an error naming the shards once the skipped samples exceed this fraction of the epoch's samples."""
 
     def __post_init__(self):
+        parse_sources(self.train_shards, "data.train_shards")
+        parse_sources(self.eval_shards, "data.eval_shards")
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         require(0.0 <= self.max_skip_fraction <= 1.0, "data.max_skip_fraction", self.max_skip_fraction, "a fraction in [0, 1]")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -123,7 +124,7 @@ class PairStream(ShardStream):
                  build, collate, layout: PairLayout, buffer: int, where: str = "emotion.pair_shards"):
         self.ser_shards, self.pair_shards, self.layout = shards, pair_shards, layout
         self.buffer, self.where = buffer, where
-        entries = [Shard(shard.url, layout.entries(shard.count)) for shard in shards]
+        entries = [replace(shard, count=layout.entries(shard.count)) for shard in shards]
         super().__init__(entries, rank, geometry, seed, shuffle, build, collate)
 
     def __iter__(self) -> Iterator[dict]:

@@ -13,6 +13,15 @@ contiguous ``r``-th of ``W`` near-equal slices, which it cuts into the same
 number ``K`` of micro-batches as every other rank. Worker ``w`` of ``n`` takes a
 contiguous run of those micro-batches, and the DataLoader yields them round-robin
 (micro-batch ``j`` of the rank comes from worker ``j % n``).
+
+Weights (a list of sources in ``data.train_shards``): every shard carries its
+source's weight ``w``. A source of ``n`` samples is planned ``floor(w * n + 1/2)``
+times per epoch: each sample ``floor(w)`` times whole, plus a subset of the rest
+of that size drawn without replacement over the whole source from the seed, the
+epoch and the source's index (another subset each epoch). A shard's epoch
+positions are those planned samples in a seeded permutation, so a sample planned
+twice may meet itself in one micro-batch. The epoch's size is the same in every
+epoch, and with weight 1 everywhere the plan is the one without weights.
 """
 
 from __future__ import annotations
@@ -30,6 +39,10 @@ from fe_train.errors import UserError
 class Shard:
     url: str
     count: int
+    weight: float = 1.0
+    """Times each of its samples is planned per epoch, in expectation (its source's weight)."""
+    source: int = 0
+    """Index of its source in ``data.train_shards``; a fractional weight draws its subset over a whole source."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +77,7 @@ def eval_geometry(shards: list[Shard], world_size: int, num_workers: int, micro_
     Workers are capped by the shards and by the micro-batches each rank gets (none: the rank reads in its own
     process); with fewer shards than streams, the streams share shards, each reading only its own samples.
     """
-    total = sum(shard.count for shard in shards)
+    total = sum(planned_per_source(shards).values())
     batches = math.ceil(math.ceil(total / world_size) / micro_batch)
     workers = max(0, min(num_workers, len(shards) // world_size, batches))
     return Geometry(world_size, workers, micro_batch, share_shards=len(shards) < world_size * max(1, workers))
@@ -97,6 +110,10 @@ class EpochPlan:
                 f"{len(self.shards)} shard(s) for {geo.world_size} rank(s) x {geo.streams} worker(s): every worker "
                 "needs at least one shard; write more, smaller shards or lower data.num_workers"
             )
+        self.picks = fractional_picks(self.shards, self.seed, self.epoch)
+        self.planned = [math.floor(s.weight) * s.count + len(self.picks.get(i, ())) for i, s in enumerate(self.shards)]
+        """Samples each shard has in this epoch's order (its count, with weight 1)."""
+        self.epoch_size = sum(self.planned)
         self.remaining = subtract(self.epoch_spans(), self.consumed)
         self.total = sum(len(span) for span in self.remaining)
         per_rank = math.ceil(self.total / geo.world_size)
@@ -111,15 +128,16 @@ class EpochPlan:
         order = range(len(self.shards))
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.shards)).tolist()
-        return [Span(i, 0, self.shards[i].count) for i in order if self.shards[i].count > 0]
+        return [Span(i, 0, self.planned[i]) for i in order if self.planned[i] > 0]
 
     def sample_order(self, shard: int) -> np.ndarray:
         """File position (order of samples in the tar) of each of the shard's epoch positions."""
-        count = self.shards[shard].count
+        count, weight = self.shards[shard].count, self.shards[shard].weight
+        planned = np.concatenate([np.tile(np.arange(count), math.floor(weight)), self.picks.get(shard, NO_PICKS)])
         if not self.shuffle:
-            return np.arange(count)
+            return planned
         salt = zlib.crc32(self.shards[shard].url.rsplit("/", 1)[-1].encode())
-        return np.random.default_rng([self.seed, self.epoch, salt]).permutation(count)
+        return planned[np.random.default_rng([self.seed, self.epoch, salt]).permutation(len(planned))]
 
     def rank_batches(self, rank: int) -> list[MicroBatch]:
         geo = self.geometry
@@ -150,6 +168,39 @@ class EpochPlan:
                 for batch in batches[first : first + min(count, taken_by_worker(micro_batches, streams, worker))]:
                     spans.extend(batch.spans)
         return spans
+
+
+NO_PICKS = np.zeros(0, dtype=np.int64)
+PICK_SALT = 0x50494B
+"""Keeps the subsets' random stream apart from the shard orders' (``[seed, epoch, salt]``)."""
+
+
+def planned_per_source(shards: list[Shard]) -> dict[int, int]:
+    """Source index -> samples planned per epoch: ``floor(weight * samples + 1/2)``."""
+    samples, weights = {}, {}
+    for shard in shards:
+        samples[shard.source] = samples.get(shard.source, 0) + shard.count
+        weights[shard.source] = shard.weight
+    return {source: math.floor(weights[source] * n + 0.5) for source, n in samples.items()}
+
+
+def fractional_picks(shards: list[Shard], seed: int, epoch: int) -> dict[int, np.ndarray]:
+    """Shard index -> file positions (sorted) its source's fractional weight adds in ``epoch``, drawn over the source."""
+    members: dict[int, list[int]] = {}
+    for index, shard in enumerate(shards):
+        members.setdefault(shard.source, []).append(index)
+    picks = {}
+    for source, planned in planned_per_source(shards).items():
+        counts = [shards[i].count for i in members[source]]
+        extra = planned - math.floor(shards[members[source][0]].weight) * sum(counts)
+        if extra <= 0:
+            continue
+        chosen = np.random.default_rng([seed, epoch, PICK_SALT, source]).choice(sum(counts), extra, replace=False)
+        chosen.sort()
+        edges = np.cumsum([0, *counts])
+        for index, lo, hi in zip(members[source], edges[:-1], edges[1:]):
+            picks[index] = chosen[(chosen >= lo) & (chosen < hi)] - lo
+    return picks
 
 
 def batch_sizes(samples: int, batches: int, micro_batch: int) -> list[int]:

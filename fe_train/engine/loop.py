@@ -237,7 +237,7 @@ class Trainer:
         total_skipped = sum(self.skipped.values())
         # Against every sample the epochs so far planned, not the few seen yet: an early burst of bad samples
         # stops the run only once the epoch as a whole is sure to exceed the limit.
-        planned = (self.state.epoch + 1) * sum(shard.count for shard in self.stream.shards)
+        planned = (self.state.epoch + 1) * self.stream.plan.epoch_size
         fraction = total_skipped / max(planned, 1)
         if fraction > self.cfg.data.max_skip_fraction:
             worst = ", ".join(f"{name} ({count})" for name, count in self.skipped_shards.most_common(5))

@@ -19,8 +19,9 @@ from torch import nn
 from fe_train.checkpoint.store import CheckpointStore, TrainerState
 from fe_train.config import Config
 from fe_train.data.collate import Collate
-from fe_train.data.pipeline import MIDRUN_WORKERS, Example, RawSample, ShardStream, resolve_shards
+from fe_train.data.pipeline import MIDRUN_WORKERS, Example, RawSample, ShardStream
 from fe_train.data.plan import Geometry, Shard, eval_geometry
+from fe_train.data.sources import describe_sources, resolve_sources
 from fe_train.engine import ds_config
 from fe_train.engine.build import (
     PartitionedBuild,
@@ -80,7 +81,10 @@ def _needs_universal(store: CheckpointStore, tag: str, launch: LaunchEnv) -> boo
 
 
 def shards_digest(shards: list[Shard]) -> str:
-    text = "\n".join(f"{Path(s.url).name}\t{s.count}" for s in shards)
+    """What makes the plan: shard names and counts, and weights and sources where a weight is not 1 (so that a
+    pattern and the same shards as a list of sources of weight 1 have one digest)."""
+    text = "\n".join(f"{Path(s.url).name}\t{s.count}" + (f"\t{s.weight!r}\t{s.source}" if s.weight != 1 else "")
+                     for s in shards)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -114,8 +118,8 @@ def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, hooks: Hoo
     tag = store.latest_tag()
     if tag and not resume:
         raise UserError(f"{out} already holds checkpoint {tag}: pass --resume to continue it, or set run.output_dir")
-    shards = resolve_shards(cfg.data.train_shards)
-    eval_shards = resolve_shards(cfg.data.eval_shards, "data.eval_shards") if cfg.data.eval_shards else None
+    shards = resolve_sources(cfg.data.train_shards)
+    eval_shards = resolve_sources(cfg.data.eval_shards, "data.eval_shards") if cfg.data.eval_shards else None
     device = init_distributed(launch, cfg)
     try:
         outcome = _train(recipe, cfg, launch, device, store, tag if resume else None, shards, eval_shards, hooks or Hooks(),
@@ -151,6 +155,9 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: 
         eval_stream = ShardStream(eval_shards, launch.rank, eval_geometry(eval_shards, launch.world_size, MIDRUN_WORKERS,
                                                                           cfg.train.micro_batch_size),
                                   cfg.train.seed, False, build, collate)
+    for what, planned in (("train_shards", stream), ("eval_shards", eval_stream)):
+        for line in describe_sources(getattr(cfg.data, what), f"data.{what}", planned.plan) if planned else ():
+            log.info("%s", line)
 
     accumulation = ds_config.gradient_accumulation(cfg, launch.world_size)
     steps = total_steps(cfg, stream.plan.batches_per_rank, accumulation)
@@ -165,7 +172,7 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: 
         state = store.load(engine, tag, universal=universal)
         state.preempted = False
         if state.shards_digest != digest:
-            raise UserError(f"data.train_shards changed since checkpoint {tag}: resume needs the same shards")
+            raise UserError(f"data.train_shards changed since checkpoint {tag}: resume needs the same shards and weights")
         if state.global_batch_size and state.global_batch_size != cfg.train.global_batch_size:
             raise UserError(
                 f"config train.global_batch_size = {cfg.train.global_batch_size}: checkpoint {tag} counts its "
