@@ -8,8 +8,10 @@ and its shards carry the source's weight and index into the epoch plan
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import replace
+from pathlib import Path
 
 from fe_train.config.sources import parse_sources
 from fe_train.data.pipeline import resolve_shards
@@ -47,3 +49,11 @@ def describe_sources(value: str | list, what: str, plan: EpochPlan) -> list[str]
         lines.append(f"{what} {source.shards}: {len(shards)} shards, {sum(s.count for s in shards)} samples, "
                      f"weight {source.weight:g}, {planned.get(index, 0)} samples per epoch")
     return [*lines, f"{what}: {plan.epoch_size} samples per epoch, {plan.batches_per_rank} micro-batches per rank"]
+
+
+def shards_digest(shards: list[Shard]) -> str:
+    """What makes the plan, kept in checkpoints: shard names and counts, plus weight and source where a weight is not
+    1 (so a pattern and the same shards as sources of weight 1 have one digest, the digest of before weights)."""
+    text = "\n".join(f"{Path(s.url).name}\t{s.count}" + (f"\t{s.weight!r}\t{s.source}" if s.weight != 1 else "")
+                     for s in shards)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

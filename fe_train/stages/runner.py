@@ -6,7 +6,6 @@ train, and how a shard sample becomes an example; ``run`` does the rest.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from fe_train.config import Config
 from fe_train.data.collate import Collate
 from fe_train.data.pipeline import MIDRUN_WORKERS, Example, RawSample, ShardStream
 from fe_train.data.plan import Geometry, Shard, eval_geometry
-from fe_train.data.sources import describe_sources, resolve_sources
+from fe_train.data.sources import describe_sources, resolve_sources, shards_digest
 from fe_train.engine import ds_config
 from fe_train.engine.build import (
     PartitionedBuild,
@@ -78,14 +77,6 @@ def _needs_universal(store: CheckpointStore, tag: str, launch: LaunchEnv) -> boo
         convert(store.root / tag, store.universal_dir(tag))
     barrier()
     return True
-
-
-def shards_digest(shards: list[Shard]) -> str:
-    """What makes the plan: shard names and counts, and weights and sources where a weight is not 1 (so that a
-    pattern and the same shards as a list of sources of weight 1 have one digest)."""
-    text = "\n".join(f"{Path(s.url).name}\t{s.count}" + (f"\t{s.weight!r}\t{s.source}" if s.weight != 1 else "")
-                     for s in shards)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def default_stream(cfg: Config, shards: list[Shard], rank: int, geometry: Geometry, build, collate) -> ShardStream:
