@@ -11,31 +11,41 @@ import webdataset as wds
 
 from fe_train.data.collate import Collate
 from fe_train.data.pipeline import Example, ShardStream, build_loader, resolve_shards
-from fe_train.data.plan import Geometry
+from fe_train.data.plan import EpochPlan, Geometry
 from fe_train.data.schema import Meta
+from fe_train.data.sources import describe_sources, resolve_sources, shards_digest
 from fe_train.data.writer import encode_sample, write_shards
 from fe_train.errors import UserError
 
 
+def write_clips(out, prefix: str, count: int, max_count: int):
+    rng = np.random.default_rng(0)
+    samples = [encode_sample(Meta(key=f"{prefix}-{i:03d}", text=f"t{i}", speaker=f"s{i % 3}"),
+                             (rng.standard_normal(1600 + 10 * i) * 0.1).astype(np.float32), 16000) for i in range(count)]
+    write_shards(samples, out, prefix="train", max_count=max_count)
+    return out
+
+
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    rng = np.random.default_rng(0)
-    samples = [encode_sample(Meta(key=f"clip-{i:03d}", text=f"t{i}", speaker=f"s{i % 3}"),
-                             (rng.standard_normal(1600 + 10 * i) * 0.1).astype(np.float32), 16000) for i in range(53)]
-    write_shards(samples, out, prefix="train", max_count=7)
-    return out
+    return write_clips(tmp_path_factory.mktemp("shards"), "clip", 53, 7)
+
+
+@pytest.fixture(scope="module")
+def other_dir(tmp_path_factory):
+    """A second corpus: 20 clips in 4 shards, keys ``other-NNN``."""
+    return write_clips(tmp_path_factory.mktemp("other"), "other", 20, 5)
 
 
 def keys_build(raw):
     return Example(raw["__key__"], {"n": len(raw["flac"])})
 
 
-def read_epoch(shards, world, workers, batch, epoch=0, skip=0):
+def read_epoch(shards, world, workers, batch, epoch=0, skip=0, consumed=()):
     per_rank = []
     for rank in range(world):
         stream = ShardStream(shards, rank, Geometry(world, workers, batch), seed=1, shuffle=True, build=keys_build, collate=Collate(0))
-        stream.set_epoch(epoch, skip_batches=skip)
+        stream.set_epoch(epoch, skip_batches=skip, consumed=consumed)
         per_rank.append([b["keys"] for b in build_loader(stream)])
     return per_rank
 
@@ -76,10 +86,68 @@ def test_brace_pattern_and_glob(shard_dir):
 
 
 def test_rewrite_is_byte_identical(shard_dir, tmp_path):
-    rng = np.random.default_rng(0)
-    samples = [encode_sample(Meta(key=f"clip-{i:03d}", text=f"t{i}", speaker=f"s{i % 3}"),
-                             (rng.standard_normal(1600 + 10 * i) * 0.1).astype(np.float32), 16000) for i in range(53)]
-    write_shards(samples, tmp_path, prefix="train", max_count=7)
+    write_clips(tmp_path, "clip", 53, 7)
     for shard in resolve_shards(str(shard_dir)):
         name = shard.url.rsplit("/", 1)[1]
         assert (tmp_path / name).read_bytes() == (shard_dir / name).read_bytes()
+
+
+def test_two_weighted_sources_read_end_to_end(shard_dir, other_dir):
+    """1.5 x 53 clips (each once, 27 of them twice) and 0.5 x 20 (10 once) per epoch, through the real stream."""
+    shards = resolve_sources([{"shards": str(shard_dir), "weight": 1.5}, {"shards": str(other_dir), "weight": 0.5}])
+    halves = []
+    for epoch in (0, 1):
+        per_rank = read_epoch(shards, world=2, workers=2, batch=4, epoch=epoch)
+        assert len(per_rank[0]) == len(per_rank[1]) == 12  # 90 samples: 45 per rank in micro-batches of 4
+        seen = Counter(k for batches in per_rank for batch in batches for k in batch)
+        clips = Counter(n for key, n in seen.items() if key.startswith("clip-"))
+        others = Counter(n for key, n in seen.items() if key.startswith("other-"))
+        assert clips == Counter({1: 26, 2: 27}) and others == Counter({1: 10})
+        halves.append({key for key in seen if key.startswith("other-")})
+    assert halves[0] != halves[1]  # another half of the second source each epoch
+    full = read_epoch(shards, world=2, workers=2, batch=4, epoch=1)
+    resumed = read_epoch(shards, world=2, workers=2, batch=4, epoch=1, skip=5)
+    assert resumed == [batches[5:] for batches in full]
+    consumed = EpochPlan(shards, 1, 1, True, Geometry(2, 2, 4)).consumed_after(5)
+    rest = read_epoch(shards, world=1, workers=2, batch=3, epoch=1, consumed=consumed)  # resumed on one rank
+    keys = Counter(k for batches in full for batch in batches[:5] for k in batch)
+    assert keys + Counter(k for batch in rest[0] for k in batch) == Counter(k for b in full for batch in b for k in batch)
+
+
+def test_sources_resolve_in_order_with_weights(shard_dir, other_dir):
+    plain = resolve_shards(str(shard_dir))
+    assert resolve_sources(str(shard_dir)) == plain == resolve_sources([{"shards": str(shard_dir), "weight": 1}])
+    both = resolve_sources([str(other_dir), {"shards": str(shard_dir / "train-00000[0-2].tar"), "weight": 2.5}])
+    assert [(s.count, s.weight, s.source) for s in both] == [(5, 1.0, 0)] * 4 + [(7, 2.5, 1)] * 3
+    lines = describe_sources([str(other_dir), {"shards": str(shard_dir / "train-00000[0-2].tar"), "weight": 2.5}],
+                             "data.train_shards", EpochPlan(both, 0, 1, True, Geometry(2, 1, 4)))
+    assert lines == [f"data.train_shards {other_dir}: 4 shards, 20 samples, weight 1, 20 samples per epoch",
+                     f"data.train_shards {shard_dir}/train-00000[0-2].tar: 3 shards, 21 samples, weight 2.5, "
+                     "53 samples per epoch",  # 2.5 x 21 = 52.5, halves up
+                     "data.train_shards: 73 samples per epoch, 10 micro-batches per rank"]
+
+
+def test_checkpoint_digest_of_a_pattern_and_of_sources(shard_dir, other_dir):
+    """A resume compares this digest: the same shards at weight 1 in any form match, another weight does not."""
+    digest = shards_digest(resolve_shards(str(shard_dir)))
+    assert digest == shards_digest(resolve_sources([str(shard_dir)]))
+    assert digest == shards_digest(resolve_sources([{"shards": str(shard_dir), "weight": 1.0}]))
+    assert digest != shards_digest(resolve_sources([{"shards": str(shard_dir), "weight": 2}]))
+    mixed = [str(other_dir), {"shards": str(shard_dir), "weight": 0.5}]
+    assert shards_digest(resolve_sources(mixed)) != shards_digest(resolve_sources(mixed[:1] + [str(shard_dir)]))
+
+
+@pytest.mark.parametrize("sources, message", [
+    (["{other}", "{missing}"], "data.train_shards[1] = '{missing}' matches no shard"),
+    (["{shards}", {"shards": "{shards}/train-000001.tar", "weight": 2}],
+     "data.train_shards: shard {shards}/train-000001.tar is in source 0 ('{shards}') and source 1 "
+     "('{shards}/train-000001.tar'); expected each shard in one source"),
+    ([], "data.train_shards is empty"),
+])
+def test_bad_sources_are_one_line(shard_dir, other_dir, tmp_path, sources, message):
+    names = {"shards": str(shard_dir), "other": str(other_dir), "missing": str(tmp_path / "nothing")}
+    sources = [{k: v.format(**names) if isinstance(v, str) else v for k, v in s.items()} if isinstance(s, dict)
+               else s.format(**names) for s in sources]
+    with pytest.raises(UserError) as err:
+        resolve_sources(sources)
+    assert str(err.value).startswith(message.format(**names)) and "\n" not in str(err.value)

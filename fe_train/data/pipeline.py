@@ -192,8 +192,10 @@ class ShardStream(torch.utils.data.IterableDataset):
             wanted = [int(order[pos]) for span in run for pos in range(span.start, span.stop)]
             url = self.shards[shard].url
             found = read_positions(url, set(wanted))
+            uses = Counter(wanted)  # a weight above 1 plans a sample more than once: dropped after its last use
             for position in wanted:
-                raw = found.pop(position, None)
+                uses[position] -= 1
+                raw = found.get(position) if uses[position] else found.pop(position, None)
                 yield url, raw if raw is not None else SampleError("missing_in_shard", url)
 
 
