@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,49 @@ def test_config_defaults_document_every_key(capsys):
     keys = [i for i, line in enumerate(lines) if line.startswith("  ") and not line.startswith("  #")]
     undocumented = [lines[i] for i in keys if not lines[i - 1].startswith("  #")]
     assert undocumented == [] and len(keys) == sum(len(v) for v in Config().to_dict().values())
+
+
+def test_shard_sources_from_yaml_and_overrides(tmp_path):
+    """The example of docs/shards.md (mixing sources), in a file and as an override."""
+    from fe_train.config.sources import ShardSource, parse_sources
+
+    docs = (REPO / "docs" / "shards.md").read_text()
+    path = tmp_path / "mix.yaml"
+    path.write_text(docs.split("## Mixing sources")[1].split("```yaml\n")[1].split("```")[0])
+    expected = [ShardSource("shards/instructs2s/train_distill", 1.0), ShardSource("shards/ser/iemocap/train", 2.0),
+                ShardSource("shards/ser/meld/train", 0.5)]
+    cfg = Config.load(path)
+    assert parse_sources(cfg.data.train_shards, "data.train_shards") == expected
+    override = ("data.train_shards=[shards/instructs2s/train_distill, {shards: shards/ser/iemocap/train, weight: 2},"
+                "{shards: shards/ser/meld/train, weight: 0.5}]")
+    assert parse_sources(Config.load(None, [override]).data.train_shards, "data.train_shards") == expected
+    command = shlex.split(docs.split("## Mixing sources")[1].split("```bash\n")[1].split("```")[0].replace("\\\n", ""))
+    documented = Config.load(None, [word for word in command if word.startswith("data.")]).data
+    assert parse_sources(documented.train_shards, "data.train_shards") == expected[:2]
+    assert parse_sources(documented.eval_shards, "data.eval_shards") == [
+        ShardSource("shards/ser/iemocap/test-{000000..000003}.tar"), ShardSource("shards/ser/meld/test")]
+    assert Config.load(None, ["data.train_shards=shards/x/train-{000..009}.tar"]).data.train_shards == \
+        "shards/x/train-{000..009}.tar"
+    assert Config.load(None, ["data.train_shards=2024"]).data.train_shards == "2024"  # a folder named by a number
+    cfg.save(tmp_path / "config.yaml")
+    assert Config.load(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[a, {shards: b, weight: 0}]", "config data.train_shards[1].weight = 0: expected a number > 0"),
+    ("[a, {shards: b, weight: -1.5}]", "config data.train_shards[1].weight = -1.5: expected a number > 0"),
+    ("[{shards: b, weight: two}]", "config data.train_shards[0].weight = 'two': expected a number > 0"),
+    ("[{shards: b, weight: true}]", "config data.train_shards[0].weight = True: expected a number > 0"),
+    ("[{shards: b, weight: .nan}]", "config data.train_shards[0].weight = nan: expected a number > 0"),
+    ("[a, {shards: b, wieght: 2}]",
+     "config data.train_shards[1] = {'shards': 'b', 'wieght': 2}: expected keys shards and weight only, not wieght"),
+    ("[{weight: 2}]", "config data.train_shards[0].shards = None: expected a shard directory, brace pattern or glob"),
+    ("[a, [b]]", "config data.train_shards[1] = ['b']: expected a shard pattern or a mapping {shards: <pattern>, "
+                 "weight: <number > 0>}"),
+    ("{shards: b}", "overrides: 'data.train_shards' = {'shards': 'b'} is not a valid str or list"),
+    ("[a-{0..1}.tar]", "override 'data.train_shards=[a-{0..1}.tar]': the value is not valid YAML"),
+])
+def test_bad_shard_sources_are_one_line(value, message):
+    with pytest.raises(UserError) as err:
+        Config.load(None, [f"data.train_shards={value}"])
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
