@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from fe_train.data.plan import EpochPlan, Geometry, Shard, Span, taken_by_worker, worker_run
+from fe_train.data.plan import EpochPlan, Geometry, Shard, Span, eval_geometry, taken_by_worker, worker_run
 from fe_train.errors import UserError
 
 SHARDS = [Shard(f"s{i}.tar", n) for i, n in enumerate([7, 13, 5, 9, 11, 4, 8, 6])]
@@ -170,3 +170,12 @@ def test_weighted_resume_reads_exactly_the_rest(old, new):
         entries = Counter((s.shard, p) for s in consumed + rest for p in range(s.start, s.stop))
         assert set(entries.values()) == {1} and sum(entries.values()) == first.epoch_size
         assert samples(first, consumed) + samples(first, rest) == full
+
+
+def test_eval_geometry_counts_the_weighted_samples():
+    """8 shards of 10 at weight 0.25 plan 20 samples: 3 micro-batches of 8, so 3 workers, not 4."""
+    shards = [Shard(f"e{i}.tar", 10, 0.25, 0) for i in range(8)]
+    geometry = eval_geometry(shards, world_size=1, num_workers=4, micro_batch=8)
+    assert geometry.num_workers == 3
+    plan = EpochPlan(shards, 0, 0, False, geometry)
+    assert (plan.epoch_size, plan.batches_per_rank) == (20, 3)

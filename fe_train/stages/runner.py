@@ -146,9 +146,11 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: 
         eval_stream = ShardStream(eval_shards, launch.rank, eval_geometry(eval_shards, launch.world_size, MIDRUN_WORKERS,
                                                                           cfg.train.micro_batch_size),
                                   cfg.train.seed, False, build, collate)
-    for what, planned in (("train_shards", stream), ("eval_shards", eval_stream)):
-        for line in describe_sources(getattr(cfg.data, what), f"data.{what}", planned.plan) if planned else ():
-            log.info("%s", line)
+    lines = describe_sources(cfg.data.train_shards, "data.train_shards", stream.plan)
+    if eval_stream is not None:
+        lines += describe_sources(cfg.data.eval_shards, "data.eval_shards", eval_stream.plan)
+    for line in lines:
+        log.info("%s", line)
 
     accumulation = ds_config.gradient_accumulation(cfg, launch.world_size)
     steps = total_steps(cfg, stream.plan.batches_per_rank, accumulation)

@@ -14,7 +14,8 @@ import torch
 from fe_train import stages
 from fe_train.launch.logs import setup_logging
 from fe_train.config import Config
-from fe_train.data.pipeline import MIDRUN_WORKERS, resolve_shards
+from fe_train.data.pipeline import MIDRUN_WORKERS
+from fe_train.data.sources import resolve_sources
 from fe_train.model.pretrained import load_module
 from fe_train.eval.runner import score_stream, task_stream
 from fe_train.eval.ser import SERTask
@@ -77,7 +78,7 @@ def frozen_and_optimizer(engine):
 
 def controls(engine):
     """SER accuracy under each control: the same engine weights, the same held-out shards."""
-    shards = resolve_shards(cfg.data.eval_shards, "data.eval_shards")
+    shards = resolve_sources(cfg.data.eval_shards, "data.eval_shards")
     engine.eval()
     for control in CONTROLS:
         variant = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, control=control))
