@@ -25,6 +25,8 @@ def last_line(proc) -> str:
     ("train.lr_max=1", "unknown config key 'train.lr_max'"),
     ("data.train_shards=/no/shards-{000..003}.tar", "data.train_shards = '/no/shards-{000..003}.tar' matches no shard"),
     ("data.num_workers=5", "4 shard(s) for 1 rank(s) x 5 worker(s)"),
+    ("data.train_shards=[/no/a, {shards: /no/b, weight: 0}]", "config data.train_shards[1].weight = 0: expected a number > 0"),
+    ("data.eval_shards=[/no/dev]", "data.eval_shards[0] = '/no/dev' matches no shard"),
 ])
 def test_one_line_errors(assets, tmp_path, override, message):
     config = str(REPO / "configs" / "stage1_tiny.yaml")

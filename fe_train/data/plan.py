@@ -111,8 +111,8 @@ class EpochPlan:
                 "needs at least one shard; write more, smaller shards or lower data.num_workers"
             )
         self.picks = fractional_picks(self.shards, self.seed, self.epoch)
+        # Samples each shard has in this epoch's order: its count at weight 1.
         self.planned = [math.floor(s.weight) * s.count + len(self.picks.get(i, ())) for i, s in enumerate(self.shards)]
-        """Samples each shard has in this epoch's order (its count, with weight 1)."""
         self.epoch_size = sum(self.planned)
         self.remaining = subtract(self.epoch_spans(), self.consumed)
         self.total = sum(len(span) for span in self.remaining)
