@@ -13,6 +13,7 @@ from fe_train.data.pairs import PAIR_KEY, PairLayout, PairStream
 from fe_train.data.pipeline import Example, build_loader, resolve_shards
 from fe_train.data.plan import Geometry
 from fe_train.data.schema import Meta
+from fe_train.data.sources import resolve_sources
 from fe_train.data.writer import encode_sample, write_shards
 from fe_train.errors import UserError
 
@@ -96,3 +97,13 @@ def test_resume_continues_the_primary_stream_exactly(shards):
 def test_a_label_without_instructions_is_a_user_error(shards):
     with pytest.raises(UserError, match="no instruction with pseudo_emotion '(happy|sad|neutral)'"):
         read(shards, 1, 0, 1, 0.0, pair_dir="no_sad")
+
+
+def test_a_source_weight_plans_the_entries_that_many_times(shards):
+    """Stage 2b under a weighted ``data.train_shards``: weight 2 with K = 2 makes 4 matching pairs of every clip."""
+    ser = resolve_sources([{"shards": str(shards / "ser"), "weight": 2}])
+    stream = PairStream(ser, resolve_shards(str(shards / "inst")), 0, Geometry(1, 0, 4), seed=3, shuffle=True,
+                        build=record, collate=Collate(0), layout=PairLayout(2, 0.0), buffer=4)
+    pairs = [entry for batch in build_loader(stream) for entry in batch["entry"] if entry[2] is not None]
+    assert Counter(clip for clip, *_ in pairs) == {f"clip{i:03d}": 4 for i in range(47)}
+    assert all(label == pseudo for _, label, _, pseudo in pairs)

@@ -135,6 +135,7 @@ def test_checkpoint_digest_of_a_pattern_and_of_sources(shard_dir, other_dir):
     assert digest != shards_digest(resolve_sources([{"shards": str(shard_dir), "weight": 2}]))
     mixed = [str(other_dir), {"shards": str(shard_dir), "weight": 0.5}]
     assert shards_digest(resolve_sources(mixed)) != shards_digest(resolve_sources(mixed[:1] + [str(shard_dir)]))
+    assert shards_digest(resolve_sources(mixed)) != shards_digest(resolve_sources(mixed[::-1]))
 
 
 @pytest.mark.parametrize("sources, message", [
