@@ -197,9 +197,10 @@ def fractional_picks(shards: list[Shard], seed: int, epoch: int) -> dict[int, np
             continue
         chosen = np.random.default_rng([seed, epoch, PICK_SALT, source]).choice(sum(counts), extra, replace=False)
         chosen.sort()
-        edges = np.cumsum([0, *counts])
-        for index, lo, hi in zip(members[source], edges[:-1], edges[1:]):
-            picks[index] = chosen[(chosen >= lo) & (chosen < hi)] - lo
+        edges = np.cumsum([0, *counts])  # the source's samples laid end to end, shard after shard
+        cuts = np.searchsorted(chosen, edges)
+        for index, lo, first, stop in zip(members[source], edges[:-1], cuts[:-1], cuts[1:]):
+            picks[index] = chosen[first:stop] - lo
     return picks
 
 
