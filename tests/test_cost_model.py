@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fe_train.engine.memory import GIB, Workload, estimate, recommend
+from fe_train.errors import UserError
 from fe_train.tracking.flops import FlopCounter, mfu
 
 
@@ -62,3 +63,25 @@ def test_recommendation_is_the_fastest_that_fits():
     assert recommend(qwen7b(8, micro=1, seq=256, ckpt=True), 3 * GIB).ds_config == "zero3_offload.json"
     assert recommend(qwen7b(1, micro=64, seq=4096), 24 * GIB) is None
 
+
+
+def test_the_planner_counts_a_sample_as_the_training_runs_do():
+    """``fe-train plan``'s time: one sample of seq_len positions by the recipe's arithmetic (stage 1: encoder forward,
+    4N per LLM token, the head where a label follows, 6N per soft token; stage 3: 2N per LLM token, the head once,
+    4N + 2N per decoder position), then FLOPs / (GPUs x peak x MFU) per optimizer step."""
+    from fe_train.engine.memory import describe_time, sample_flops
+
+    stage1 = Workload(llm_params=int(7.6e9), llm_layers=28, llm_hidden=3584, llm_heads=28, encoder_params=int(0.64e9),
+                      trainable_params=int(25e6), world_size=8, micro_batch=4, seq_len=1000, llm_body_params=int(6.5e9),
+                      llm_head_params=int(0.545e9), encoder_frames=1500, speech_positions=300)
+    expected = 2 * 0.64e9 * 1500 + 4 * (6.5e9 * 1000 + 0.545e9 * 201) + 6 * 25e6 * 300
+    assert sample_flops(stage1, 201) == pytest.approx(expected, rel=1e-9)  # the head at each of the 201 labels
+    stage3 = Workload(llm_params=int(7.6e9), llm_layers=28, llm_hidden=3584, llm_heads=28, encoder_params=0,
+                      trainable_params=int(0.5e9), world_size=8, micro_batch=4, seq_len=2000, llm_backward=False,
+                      llm_body_params=int(6.5e9), llm_head_params=int(0.545e9), decoder_params=int(0.5e9))
+    assert sample_flops(stage3, 1025) == pytest.approx(2 * (6.5e9 * 2000 + 0.545e9) + 6 * 0.5e9 * 2000, rel=1e-9)
+    line = describe_time(stage1, 989e12 * 0.5, 128, "H100", 0.5, 1000, 2)  # one GPU-second per sample at MFU 0.5
+    assert "16.00 s per optimizer step of 128 samples" in line  # 128 GPU-seconds on 8 GPUs
+    assert "1000 samples x 2 epoch(s) = 16 steps: 0.1 h wall-clock, 1 GPU-hours" in line  # 256 s, 0.57 GPU-hours
+    with pytest.raises(UserError, match="--gpu V100 --mfu 0.5: expected one of"):
+        describe_time(stage1, 1.0, 128, "V100", 0.5, 0, 1)

@@ -40,24 +40,53 @@ def config_only_cache(tmp_path_factory):
     return home
 
 
+INSTRUCTIONS, SER_CLIPS = 420_000, 110_000
+"""Training examples the doc's time estimate assumes: the recipe's InstructS2S English turns and SER clips."""
+TIME_LINE = re.compile(r"^time at MFU .*: ([\d.]+) TFLOP per sample, ([\d.]+) s per optimizer step of (\d+) samples$")
+RUN_LINE = re.compile(r"^\s+(\d+) samples x (\d+) epoch\(s\) = (\d+) steps: ([\d.]+) h wall-clock, (\d+) GPU-hours$")
+
+
+def samples(name: str) -> int:
+    """Examples per epoch: an instruction each (stages 1, 3a, 3b), an SER clip (2a); 2b: K pairs per SER clip and the
+    SER examples that make ``emotion.ser_mix_ratio`` of all (``fe_train.data.pairs.PairLayout``)."""
+    from fe_train.data.pairs import PairLayout
+
+    e = preset("stage2b_paper").emotion
+    return {"stage2a_paper": SER_CLIPS, "stage2b_paper": PairLayout(e.pairs_per_clip, e.ser_mix_ratio).entries(SER_CLIPS)
+            }.get(name, INSTRUCTIONS)
+
+
+def doc_plan_commands() -> list[list[str]]:
+    """The ``fe-train plan`` lines of the doc's step 0, as arguments after ``fe-train``."""
+    return [line.split("#", 1)[0].split()[1:] for line in doc_steps()[0]["lines"] if line.startswith("fe-train plan ")]
+
+
+def test_the_doc_plans_each_preset_at_its_longest_sample():
+    assert doc_plan_commands() == [["plan", "--config", f"configs/{p}.yaml", "--seq-len", str(MAX_POSITIONS[p]),
+                                    "--samples", str(samples(p)), *PLAN_OVERRIDES.get(p, [])] for p in PRESETS]
+    assert samples("stage2b_paper") == 550_000
+
+
 @pytest.fixture(scope="module")
-def plans(config_only_cache) -> dict[str, dict[str, float]]:
-    """``fe-train plan --config configs/<preset>.yaml --seq-len <max>`` (8 ranks, 80 GiB: the defaults) of every
-    paper preset, its hub ids resolved offline from the config-only cache: GiB per GPU by ds_config."""
-    calls = [["plan", "--config", f"configs/{p}.yaml", "--seq-len", str(MAX_POSITIONS[p]), *PLAN_OVERRIDES.get(p, [])]
-             for p in PRESETS]
+def plans(config_only_cache) -> dict[str, dict]:
+    """The doc's ``fe-train plan`` commands (8 ranks, 80 GiB, H100 at MFU 0.1: the defaults), hub ids resolved offline
+    from the config-only cache: GiB per GPU by ds_config, the fastest that fits, the time lines' figures."""
     code = ("import sys\nfrom fe_train.cli import train_main\n"
-            f"for args in {calls!r}:\n    print('=== ' + args[2])\n    sys.stdout.flush()\n"
+            f"for args in {doc_plan_commands()!r}:\n    print('=== ' + args[2])\n    sys.stdout.flush()\n"
             "    assert train_main(args) == 0\n")
     proc = subprocess.run([sys.executable, "-c", code], env=dist_env(HF_HOME=str(config_only_cache), HF_HUB_OFFLINE="1"),
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict] = {}
     for line in proc.stdout.splitlines():
         if line.startswith("=== "):
             current = out.setdefault(line[4:].removeprefix("configs/").removesuffix(".yaml"), {})
         elif match := PLAN_LINE.match(line):
             current[match.group(1)] = float(match.group(2))
+        elif match := TIME_LINE.match(line):
+            current["step"] = match.groups()
+        elif match := RUN_LINE.match(line):
+            current["run"] = match.groups()
         if line.strip().endswith("<- fastest that fits"):
             current["fastest"] = line.split()[0]
     assert sorted(out) == sorted(PRESETS), proc.stdout
@@ -77,17 +106,30 @@ def test_every_paper_preset_fits_80_gib_at_its_longest_sample(plans, name):
     assert cfg.train.global_batch_size == (32 if name.startswith("stage3") else 128)  # the recipe's
 
 
-def doc_table() -> dict[str, list[str]]:
-    rows = {}
+def doc_table(header: str) -> dict[str, list[str]]:
+    """The rows of the doc's table whose header line holds ``header``, by preset: the cells after the first."""
+    rows, current = {}, ""
     for line in DOC.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| `stage") and cells[0].strip("`") in PRESETS:
+        if line.startswith("| preset "):
+            current = line
+        elif line.startswith("| `stage") and cells[0].strip("`") in PRESETS and header in current:
             rows[cells[0].strip("`")] = cells[1:]
     return rows
 
 
+def test_the_doc_time_table_is_what_the_planner_prints(plans):
+    rows = doc_table("TFLOP per sample")
+    assert sorted(rows) == sorted(PRESETS)
+    for name, cells in rows.items():
+        n, epochs, steps, hours, gpu_hours = plans[name]["run"]
+        tflop, step_s, batch = plans[name]["step"]
+        assert int(epochs) == preset(name).train.epochs and int(batch) == preset(name).train.global_batch_size
+        assert cells == [n, epochs, tflop, step_s, steps, f"{hours} h", gpu_hours], name
+
+
 def test_the_doc_table_is_what_the_planner_prints(plans):
-    rows = doc_table()
+    rows = doc_table("`--seq-len`")
     assert sorted(rows) == sorted(PRESETS)
     for name, (seq_len, micro, checkpointing, *gib) in rows.items():
         cfg = preset(name)
