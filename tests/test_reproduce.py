@@ -42,7 +42,7 @@ def config_only_cache(tmp_path_factory):
 
 INSTRUCTIONS, SER_CLIPS = 420_000, 110_000
 """Training examples the doc's time estimate assumes: the recipe's InstructS2S English turns and SER clips."""
-TIME_LINE = re.compile(r"^time at MFU .*: ([\d.]+) TFLOP per sample, ([\d.]+) s per optimizer step of (\d+) samples$")
+TIME_LINE = re.compile(r"^time at MFU 0.10 of 8 x H100 .*: ([\d.]+) TFLOP per sample, ([\d.]+) s per optimizer step of (\d+) samples$")
 RUN_LINE = re.compile(r"^\s+(\d+) samples x (\d+) epoch\(s\) = (\d+) steps: ([\d.]+) h wall-clock, (\d+) GPU-hours$")
 
 
@@ -64,7 +64,9 @@ def doc_plan_commands() -> list[list[str]]:
 def test_the_doc_plans_each_preset_at_its_longest_sample():
     assert doc_plan_commands() == [["plan", "--config", f"configs/{p}.yaml", "--seq-len", str(MAX_POSITIONS[p]),
                                     "--samples", str(samples(p)), *PLAN_OVERRIDES.get(p, [])] for p in PRESETS]
-    assert samples("stage2b_paper") == 550_000
+    e = preset("stage2b_paper").emotion
+    assert samples("stage2b_paper") == 550_000 and (e.pairs_per_clip, e.ser_mix_ratio) == (4, 0.2)
+    assert preset("stage3a_paper").decoder.n_units == 8192  # the doc's K, the paper's N
 
 
 @pytest.fixture(scope="module")
