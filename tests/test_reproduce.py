@@ -268,3 +268,22 @@ def test_every_path_a_preset_reads_is_read_by_its_step(name):
                 assert path in step["Reads"], (step["number"], key, path)
         if name != "generate_paper":
             assert tree["run"]["output_dir"] in step["Writes"], step["number"]
+
+
+def test_the_doc_commands_parse(monkeypatch):
+    """Every ``fe-train`` / ``fe-shards`` command of the doc is one the command line accepts (subcommand, flags, their
+    types), parsed by the entry points' own parsers and not run."""
+    import shlex
+
+    from fe_train import cli
+
+    parsed = []
+    monkeypatch.setattr(cli, "_dispatch", lambda parser, argv: parsed.append(parser.parse_args(argv)) or 0)
+    lines = [shlex.split(line.replace("$K", "8192"), comments=True) for step in doc_steps() for line in step["lines"]]
+    commands = [words for words in lines if words and (words[0] in ("fe-shards", "fe-train") or "fe_train" in words)]
+    for words in commands:
+        if words[0] == "fe-shards":
+            cli.shards_main(words[1:])
+        else:
+            cli.train_main(words[words.index("fe_train") + 1:] if "fe_train" in words else words[1:])
+    assert len(parsed) == len(commands) > 30
