@@ -95,6 +95,12 @@ def plans(config_only_cache) -> dict[str, dict]:
     return out
 
 
+def test_plan_from_hub_ids_needs_only_their_config(plans, config_only_cache):
+    """Every preset planned (above) from hub ids whose cache holds only ``config.json``, offline; nothing was added."""
+    assert all(plans[name]["fastest"] for name in PRESETS)
+    assert sorted(p.name for p in config_only_cache.rglob("*") if p.is_file()) == ["config.json"] * 3 + ["main"] * 3
+
+
 def preset(name: str, *overrides: str) -> Config:
     return Config.load(str(REPO / "configs" / f"{name}.yaml"), list(overrides))
 
@@ -158,6 +164,7 @@ def test_max_positions_bound_the_data():
         else:
             assert speech + cfg.prompt.max_reply_tokens + 1 < MAX_POSITIONS[name] == 1024
     assert preset("stage1_paper").prompt.max_reply_tokens == preset("stage2b_paper").prompt.max_reply_tokens == 512
+    assert preset("stage2a_paper").prompt.max_reply_tokens == 16
 
 
 @pytest.fixture(scope="module")
