@@ -294,3 +294,12 @@ def test_the_doc_commands_parse(monkeypatch):
         else:
             cli.train_main(words[words.index("fe_train") + 1:] if "fe_train" in words else words[1:])
     assert len(parsed) == len(commands) > 30
+
+
+def test_the_doc_ablation_overrides_are_config_keys():
+    """Step 13's ablations: each override, as the doc spells it, loads on the stage-2 presets."""
+    ablations = re.findall(r"`(emotion\.\w+=[^`]*)`", DOC.read_text().split("The paper's ablations", 1)[1])
+    assert len(ablations) >= 4, ablations
+    for override in ablations:
+        for name in ("stage2a_paper", "stage2b_paper"):
+            preset(name, *override.split())
