@@ -48,12 +48,14 @@ def _train(args) -> int:
 def _plan(args) -> int:
     from fe_train import stages
     from fe_train.config import Config
-    from fe_train.engine.memory import GIB, describe, workload_for
+    from fe_train.engine.memory import GIB, describe, describe_time, sample_flops, workload_for
 
     setup_logging(0)
     cfg = Config.load(args.config, args.overrides)
     workload = workload_for(cfg, args.world_size, args.seq_len, stages.recipe(cfg.train.stage))
     print(describe(workload, int(args.gpu_gib * GIB)))
+    flops = sample_flops(workload, cfg.prompt.max_reply_tokens + 1)
+    print(describe_time(workload, flops, cfg.train.global_batch_size, args.gpu, args.mfu, args.samples, cfg.train.epochs))
     return 0
 
 
@@ -208,6 +210,10 @@ def train_main(argv: list[str] | None = None) -> int:
     plan.add_argument("--gpu-gib", type=float, default=80.0, help="memory of one GPU")
     plan.add_argument("--world-size", type=int, default=8, help="ranks (GPUs) in the job")
     plan.add_argument("--seq-len", type=int, default=1024, help="LLM tokens per sample (prompt + speech + reply)")
+    plan.add_argument("--gpu", default="H100", help="GPU of the time estimate (its dense bf16 peak)")
+    plan.add_argument("--mfu", type=float, default=0.1, help="model FLOPs utilisation the time estimate assumes "
+                      "(0.1: about what stage 1 reached on an H200, docs/benchmarks.md)")
+    plan.add_argument("--samples", type=int, default=0, help="training examples per epoch (0: time per step only)")
     plan.add_argument("overrides", nargs="*")
     plan.set_defaults(run=_plan)
     generate = sub.add_parser("generate", help="the frozen LLM's replies to the instructions: stage 1 and 2b targets")

@@ -21,6 +21,35 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub id resolves from the Hugging Face cache only: tests download nothing
 
 
+PAPER_CONFIGS = {
+    "Qwen/Qwen2.5-7B-Instruct": dict(
+        architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+        num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1e6,
+        rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645, hidden_act="silu"),
+    "openai/whisper-large-v3": dict(
+        architectures=["WhisperForConditionalGeneration"], model_type="whisper", vocab_size=51866, num_mel_bins=128,
+        d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, decoder_layers=32,
+        decoder_attention_heads=20, decoder_ffn_dim=5120, max_source_positions=1500, max_target_positions=448),
+    "Qwen/Qwen2.5-0.5B": dict(
+        architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643, hidden_act="silu"),
+}
+"""The paper's models as the planner sees them: the shape fields of their published ``config.json`` on the hub."""
+HUB_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def cache_model(hf_home: Path, repo_id: str, build) -> None:
+    """Put a model in a Hugging Face cache as huggingface_hub lays it out (``hub/models--org--name/snapshots/<revision>``
+    and ``refs/main``); ``build(snapshot)`` writes its files."""
+    org, name = repo_id.split("/")
+    repo = hf_home / "hub" / f"models--{org}--{name}"
+    snapshot = repo / "snapshots" / HUB_REVISION
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HUB_REVISION)
+    build(snapshot)
+
 def skip_or_fail(reason: str) -> None:
     """Skip a test whose requirement (espeak-ng, sox, Slurm and munge, shellcheck, root) is missing; under CI
     (``CI=true`` or ``CI=1``) fail it instead, so that a CI run without them is red rather than green and empty."""

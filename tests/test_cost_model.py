@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fe_train.engine.memory import GIB, Workload, estimate, recommend
+from fe_train.errors import UserError
 from fe_train.tracking.flops import FlopCounter, mfu
 
 
@@ -63,45 +64,24 @@ def test_recommendation_is_the_fastest_that_fits():
     assert recommend(qwen7b(1, micro=64, seq=4096), 24 * GIB) is None
 
 
-@pytest.fixture(scope="module")
-def paper_models(tmp_path_factory):
-    """Qwen2.5-7B-Instruct's and Whisper-large-v3's configs (shapes only, no weights), where the presets expect them."""
-    from transformers import Qwen2Config, WhisperConfig
 
-    root = tmp_path_factory.mktemp("paper_models")
-    Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
-                tie_word_embeddings=False).save_pretrained(root / "llm")
-    WhisperConfig(vocab_size=51866, num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20,
-                  decoder_layers=32, decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120,
-                  max_source_positions=1500).save_pretrained(root / "whisper")
-    Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, eos_token_id=151643,
-                tie_word_embeddings=True).save_pretrained(root / "decoder")
-    return root
+def test_the_planner_counts_a_sample_as_the_training_runs_do():
+    """``fe-train plan``'s time: one sample of seq_len positions by the recipe's arithmetic (stage 1: encoder forward,
+    4N per LLM token, the head where a label follows, 6N per soft token; stage 3: 2N per LLM token, the head once,
+    4N + 2N per decoder position), then FLOPs / (GPUs x peak x MFU) per optimizer step."""
+    from fe_train.engine.memory import describe_time, sample_flops
 
-
-MAX_POSITIONS = {"stage1_paper": 1024, "stage2a_paper": 1024, "stage2b_paper": 1024, "stage3a_paper": 2048,
-                 "stage3b_paper": 2048}
-"""Longest sample of each preset's data: stage-1 samples reach about 850 LLM positions; stage 3's read-3 / write-15
-schedule up to 2048 decoder positions (taken for the LLM too, which over-counts)."""
-
-
-@pytest.mark.parametrize("preset", sorted(MAX_POSITIONS))
-def test_paper_presets_hold_the_fastest_plan_that_fits(paper_models, preset):
-    """On 80 GB GPUs at the data's longest sample, 8 to 32 of them: the preset's ds_config is what `fe-train plan`
-    recommends (stage 3: the 0.5B decoder and its fusion are what trains, through no backward of the LLM)."""
-    from conftest import REPO
-    from fe_train import stages
-    from fe_train.config import Config
-    from fe_train.engine.memory import workload_for
-
-    cfg = Config.load(str(REPO / "configs" / f"{preset}.yaml"),
-                      [f"model.llm_path={paper_models / 'llm'}", f"model.encoder_path={paper_models / 'whisper'}",
-                       f"decoder.path={paper_models / 'decoder'}"])
-    for gpus in (8, 16, 32):
-        workload = workload_for(cfg, gpus, MAX_POSITIONS[preset], stages.recipe(cfg.train.stage))
-        if preset.startswith("stage3"):
-            assert 0.49e9 < workload.trainable_params < 0.51e9 and not workload.llm_backward, workload
-        best = recommend(workload, 80 * GIB)
-        assert best is not None and best.ds_config == cfg.engine.ds_config.rsplit("/", 1)[-1], (gpus, best)
+    stage1 = Workload(llm_params=int(7.6e9), llm_layers=28, llm_hidden=3584, llm_heads=28, encoder_params=int(0.64e9),
+                      trainable_params=int(25e6), world_size=8, micro_batch=4, seq_len=1000, llm_body_params=int(6.5e9),
+                      llm_head_params=int(0.545e9), encoder_frames=1500, speech_positions=300)
+    expected = 2 * 0.64e9 * 1500 + 4 * (6.5e9 * 1000 + 0.545e9 * 201) + 6 * 25e6 * 300
+    assert sample_flops(stage1, 201) == pytest.approx(expected, rel=1e-9)  # the head at each of the 201 labels
+    stage3 = Workload(llm_params=int(7.6e9), llm_layers=28, llm_hidden=3584, llm_heads=28, encoder_params=0,
+                      trainable_params=int(0.5e9), world_size=8, micro_batch=4, seq_len=2000, llm_backward=False,
+                      llm_body_params=int(6.5e9), llm_head_params=int(0.545e9), decoder_params=int(0.5e9))
+    assert sample_flops(stage3, 1025) == pytest.approx(2 * (6.5e9 * 2000 + 0.545e9) + 6 * 0.5e9 * 2000, rel=1e-9)
+    line = describe_time(stage1, 989e12 * 0.5, 128, "H100", 0.5, 1000, 2)  # one GPU-second per sample at MFU 0.5
+    assert "16.00 s per optimizer step of 128 samples" in line  # 128 GPU-seconds on 8 GPUs
+    assert "1000 samples x 2 epoch(s) = 16 steps: 0.1 h wall-clock, 1 GPU-hours" in line  # 256 s, 0.57 GPU-hours
+    with pytest.raises(UserError, match="--gpu V100 --mfu 0.5: expected one of"):
+        describe_time(stage1, 1.0, 128, "V100", 0.5, 0, 1)

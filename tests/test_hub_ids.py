@@ -11,20 +11,8 @@ import sys
 
 import pytest
 
-from conftest import REPO, dist_env
+from conftest import REPO, cache_model, dist_env
 from fe_train.fixtures import tiny
-
-REVISION = "0123456789abcdef0123456789abcdef01234567"
-
-
-def cache_model(hf_home, repo_id: str, build) -> None:
-    org, name = repo_id.split("/")
-    repo = hf_home / "hub" / f"models--{org}--{name}"
-    snapshot = repo / "snapshots" / REVISION
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(REVISION)
-    build(snapshot)
 
 
 def run(hf_home, code: str) -> subprocess.CompletedProcess:

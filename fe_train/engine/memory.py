@@ -45,6 +45,16 @@ class Workload:
     """Gradients flow back through the frozen LLM (stages 1, 2); in stage 3 it runs forward only."""
     decoder_shape: tuple[int, int, int] = (0, 0, 0)
     """(layers, hidden, heads) of a trained decoder after the LLM (stage 3), whose activations are kept."""
+    llm_body_params: int = 0
+    """LLM parameters a token passes through (all but the input embedding and the LM head): the FLOP count."""
+    llm_head_params: int = 0
+    encoder_frames: int = 0
+    """Encoder positions of the padded window (1500 for Whisper's 30 s)."""
+    speech_positions: int = 0
+    """Soft tokens the trained modules before the LLM write per sample (the window's frames stacked by the adapter)."""
+    decoder_params: int = 0
+    """Stage 3: speech decoder and fusion parameters a decoder position passes through (their trained parameters: the
+    whole decoder, whose tied embedding is its head; with decoder.lora only LoRA's part, an undercount)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,50 @@ def describe(w: Workload, gpu_bytes: int) -> str:
     return "\n".join(lines)
 
 
+def sample_flops(w: Workload, reply_tokens: int) -> float:
+    """Model FLOPs of one sample of ``w.seq_len`` positions (``reply_tokens`` of them labelled; stage 3: as many decoder
+    positions), counted by the training runs' own counter (``fe_train.tracking.flops``)."""
+    import torch
+
+    from fe_train.tracking.flops import FlopCounter
+
+    s = w.seq_len
+    decoder = w.decoder_params > 0
+    counter = FlopCounter(
+        encoder_params=w.encoder_params, encoder_frames=w.encoder_frames, llm_body_params=w.llm_body_params,
+        llm_head_params=w.llm_head_params, llm_backward=w.llm_backward,
+        trainable_params=0 if decoder else w.trainable_params, decoder_params=w.decoder_params,
+        decoder_trainable_params=w.trainable_params if decoder else 0)
+    labels = torch.full((1, s), -100)
+    labels[0, s - min(reply_tokens, s - 1):] = 0
+    slots = torch.zeros(1, s, dtype=torch.long)
+    slots[0, 1:1 + w.speech_positions] = 1
+    ones = torch.ones(1, s, dtype=torch.long)
+    return counter.micro_batch({"attention_mask": ones, "labels": labels, "slots": slots, "unit_attention_mask": ones})
+
+
+def describe_time(w: Workload, flops_per_sample: float, global_batch: int, gpu: str, mfu: float, samples: int,
+                  epochs: int) -> str:
+    """Wall-clock and GPU-hours at ``mfu`` of ``gpu``'s dense bf16 peak (``PEAK_TFLOPS_BF16``): per optimizer step,
+    and for ``epochs`` over ``samples`` training examples when ``samples`` is given."""
+    from fe_train.errors import UserError
+    from fe_train.tracking.flops import PEAK_TFLOPS_BF16
+
+    if gpu not in PEAK_TFLOPS_BF16 or not 0 < mfu <= 1:
+        raise UserError(f"--gpu {gpu} --mfu {mfu}: expected one of {sorted(PEAK_TFLOPS_BF16)} and 0 < mfu <= 1")
+    peak = PEAK_TFLOPS_BF16[gpu] * 1e12
+    step_s = flops_per_sample * global_batch / (w.world_size * peak * mfu)
+    lines = [f"time at MFU {mfu:.2f} of {w.world_size} x {gpu} ({PEAK_TFLOPS_BF16[gpu]:g} TFLOP/s bf16 each), every sample "
+             f"{w.seq_len} positions: {flops_per_sample / 1e12:.1f} TFLOP per sample, {step_s:.2f} s per optimizer step "
+             f"of {global_batch} samples"]
+    if samples:
+        steps = -(-samples * epochs // global_batch)
+        hours = steps * step_s / 3600
+        lines.append(f"  {samples} samples x {epochs} epoch(s) = {steps} steps: {hours:.1f} h wall-clock, "
+                     f"{hours * w.world_size:.0f} GPU-hours")
+    return "\n".join(lines)
+
+
 def workload_for(cfg, world_size: int, seq_len: int, recipe) -> Workload:
     """The workload of a run config for ``recipe`` (its ``trains``; ``llm_backward`` and ``reads_speech``, default
     True), with parameter counts from the checkpoints' configs (no weights)."""
@@ -112,14 +166,18 @@ def workload_for(cfg, world_size: int, seq_len: int, recipe) -> Workload:
 
     llm_config = AutoConfig.from_pretrained(pretrained_dir(cfg.model.llm_path, "model.llm_path", config_only=True))
     reads_speech = getattr(recipe, "reads_speech", True)
-    encoder_params, encoder_hidden = 0, 0
+    encoder_params, encoder_hidden, encoder_frames = 0, 0, 0
     with torch.device("meta"):
-        llm_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(llm_config).parameters())
+        llm = AutoModelForCausalLM.from_config(llm_config)
+        llm_params = sum(p.numel() for p in llm.parameters())
+        embed, head = llm.get_input_embeddings().weight, llm.get_output_embeddings().weight
+        llm_body_params = llm_params - embed.numel() - (0 if head is embed else head.numel())
         if reads_speech:
             encoder_path = pretrained_dir(cfg.model.encoder_path, "model.encoder_path", config_only=True)
             encoder_config = WhisperConfig.from_pretrained(encoder_path)
             encoder_params = sum(p.numel() for p in WhisperEncoder(encoder_config).parameters())
             encoder_hidden = encoder_config.d_model
+            encoder_frames = encoder_config.max_source_positions
     trained = trained_parameters(cfg, recipe.trains, encoder_hidden, llm_config.hidden_size)
     decoder_shape = (0, 0, 0)
     if "decoder" in recipe.trains:
@@ -131,4 +189,7 @@ def workload_for(cfg, world_size: int, seq_len: int, recipe) -> Workload:
         world_size=world_size, micro_batch=cfg.train.micro_batch_size, seq_len=seq_len,
         activation_checkpointing=cfg.model.llm_activation_checkpointing,
         llm_backward=getattr(recipe, "llm_backward", True), decoder_shape=decoder_shape,
+        llm_body_params=llm_body_params, llm_head_params=head.numel(), encoder_frames=encoder_frames,
+        speech_positions=encoder_frames // cfg.model.adapter_stack_frames,
+        decoder_params=trained.get("decoder", 0) + trained.get("fusion", 0),
     )
