@@ -41,7 +41,8 @@ def test_world_passes_its_checks(world, seed, threads):
     assert all(f["passed"] > 0 for f in checks.values())
 
 
-DEFAULT_TIER_ON_WORLDS = ("tests/test_stage1_distributed.py", "tests/test_stage2_distributed.py", "tests/test_demo.py")
+DEFAULT_TIER_ON_WORLDS = ("tests/test_stage1_distributed.py", "tests/test_stage2_distributed.py", "tests/test_demo.py",
+                          "tests/test_stage3_speech_units.py")
 
 
 @pytest.mark.slow
@@ -53,6 +54,6 @@ def test_default_tier_bars_hold_for_other_seeds(seed, tmp_path):
                            f"--basetemp={tmp_path / 'inner'}", *DEFAULT_TIER_ON_WORLDS],
                           env={**os.environ, "FE_WORLD_SEED": str(seed)}, capture_output=True, text=True, timeout=5400,
                           cwd=REPO)
-    figures = ("fold", "stage", "eval", "held", "word", "random")
+    figures = ("fold", "stage", "eval", "held", "word", "random", "speech")
     print("\n".join(line.lstrip(".sF") for line in proc.stdout.splitlines() if line.lstrip(".sF").startswith(figures)))
     assert proc.returncode == 0, proc.stdout[-6000:]
