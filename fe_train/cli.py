@@ -133,6 +133,21 @@ def _join(args) -> int:
     problems = dict(report.problems.counts, **{f"units_file:{k}": v for k, v in unit_skips.counts.items()})
     print(f"joined {report.samples} samples into {args.out}: wrote {report.written}, attached {report.attached}, "
           f"stale units dropped {report.stale_units_dropped}, problems {problems}, targets without a sample {report.unused}")
+    _write_lengths(args.out)
+    return 0
+
+
+def _write_lengths(root) -> None:
+    from fe_train.data.lengths import write_folders
+
+    for path in write_folders(root):
+        print(f"wrote {path}")
+
+
+def _lengths(args) -> int:
+    setup_logging(0)
+    for root in args.directories:
+        _write_lengths(root)
     return 0
 
 
@@ -161,6 +176,7 @@ def _build(args) -> int:
           f"{len(result.plan.slice(opts.task_id, opts.task_count))} shards ({len(result.plan.jobs)} planned) in {args.out}")
     if result.merged.complete:
         print(format_report(result.merged.report))
+        _write_lengths(args.out)
     else:
         print(f"waiting for {len(result.merged.missing)} shard(s) of other tasks; the last task to finish "
               f"merges the indexes (or run: fe-shards merge {args.out})")
@@ -177,6 +193,7 @@ def _merge(args) -> int:
         print(f"incomplete: {len(merged.missing)} planned shard(s) missing, e.g. {merged.missing[:5]}")
         return 1
     print(format_report(merged.report))
+    _write_lengths(args.directory)
     return 0
 
 
@@ -290,6 +307,10 @@ def shards_main(argv: list[str] | None = None) -> int:
     from fe_train.units.commands import add_units_parser
 
     add_units_parser(sub, progress_flag)
+    lengths = sub.add_parser("lengths", help="write lengths.json (per-sample lengths for data.group_by_length) of shard "
+                             "folders built before; build and join write it themselves")
+    lengths.add_argument("directories", nargs="+", help="a folder with index.json, or a build's --out (each split)")
+    lengths.set_defaults(run=_lengths)
     verify = sub.add_parser("verify", help="read back every sample of a shard directory")
     verify.add_argument("directory")
     progress_flag(verify)

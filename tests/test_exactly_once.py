@@ -1,9 +1,14 @@
-"""Exactly-once reading across SIGKILL and resume, also onto another number of ranks."""
+"""Exactly-once reading across SIGKILL and resume, also onto another number of ranks, with length grouping on.
+
+The runs read a copy of the world's training shards with its ``lengths.json`` (``fe-shards lengths``) and
+``data.group_by_length=on``: the grouped plan is the one a user's shards built by ``fe-shards build`` get.
+"""
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -14,19 +19,30 @@ import pytest
 
 from conftest import REPO, dist_env, free_port, kill_tree, running, stage1_overrides
 from fe_train.checkpoint.store import CheckpointStore
+from fe_train.cli import shards_main
+from fe_train.data.lengths import LENGTHS_NAME
 from fe_train.data.pipeline import iter_shard, resolve_shards
 from fe_train.tracking.tracker import read_metrics
 
 CONFIG = str(REPO / "configs" / "stage1_tiny.yaml")
 
 
-def launch(assets, out: Path, nproc: int, resume: bool = False) -> subprocess.Popen:
+@pytest.fixture(scope="module")
+def grouped(assets, tmp_path_factory) -> Path:
+    """The world's training shards with their lengths: a folder the plan groups by length."""
+    folder = tmp_path_factory.mktemp("grouped") / "train"
+    shutil.copytree(assets.train_shards, folder)
+    assert shards_main(["lengths", str(folder)]) == 0 and (folder / LENGTHS_NAME).is_file()
+    return folder
+
+
+def launch(shards: Path, assets, out: Path, nproc: int, resume: bool = False) -> subprocess.Popen:
     # One global batch on every world size (the accumulation adapts), as a resume onto other GPUs keeps the config:
     # steps then count the same samples before and after it.
     overrides = stage1_overrides(assets, out, **{
         "train.epochs": 1, "train.micro_batch_size": 4, "train.global_batch_size": 16,
         "train.log_every": 1, "train.eval_every": 0, "train.save_every": 3, "train.keep_last": 3,
-        "data.eval_shards": "", "run.log_keys": "true",
+        "data.eval_shards": "", "run.log_keys": "true", "data.train_shards": shards, "data.group_by_length": "on",
     })
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
            "-m", "fe_train", "train", "--config", CONFIG, *(["--resume"] if resume else []), *overrides]
@@ -82,14 +98,15 @@ def committed_keys(records: list[dict], epoch: int, micro: int) -> Counter:
     return Counter(k for r in records if (r["epoch"], r["micro"]) <= (epoch, micro) for k in r["keys"])
 
 
-def all_keys(assets) -> Counter:
-    return Counter(raw["__key__"] for shard in resolve_shards(str(assets.train_shards)) for _, raw in iter_shard(shard.url))
+def all_keys(shards: Path) -> Counter:
+    return Counter(raw["__key__"] for shard in resolve_shards(str(shards)) for _, raw in iter_shard(shard.url))
 
 
-def run_killed_then_resumed(assets, out: Path, first_nproc: int, second_nproc: int, kill_step: int, extra_s: float):
+def run_killed_then_resumed(shards: Path, assets, out: Path, first_nproc: int, second_nproc: int, kill_step: int,
+                            extra_s: float):
     """Run, kill every process at a step, resume: the checkpoint resumed from, and every key read (committed
     before the kill, then after the resume). Fails when the kill came after the run's last checkpoint."""
-    proc = launch(assets, out, first_nproc)
+    proc = launch(shards, assets, out, first_nproc)
     killed_after = kill_after_step(proc, out, first_nproc, kill_step, extra_s)
     store = CheckpointStore(out, 0, 3)
     tag = store.latest_tag()
@@ -97,13 +114,14 @@ def run_killed_then_resumed(assets, out: Path, first_nproc: int, second_nproc: i
     state = store.read_state(tag)
     before = committed_keys(keys_log(out), state.epoch, state.micro_in_epoch)
     (out / "keys").rename(out / "keys-first")
-    resumed = launch(assets, out, second_nproc, resume=True)
+    resumed = launch(shards, assets, out, second_nproc, resume=True)
     try:
         log = resumed.communicate(timeout=600)[0]
     finally:
         if resumed.poll() is None:
             kill_tree(resumed.pid)
     assert resumed.returncode == 0, log[-4000:]
+    assert "length grouping: windows of 256 samples" in log, log[-4000:]
     final_step = store.read_state(store.latest_tag()).step
     print(f"killed {first_nproc} rank(s) after step {killed_after} (waited for step {kill_step} + {extra_s:.2f} s); "
           f"resumed on {second_nproc} from {tag} (step {state.step}, epoch {state.epoch}, micro-batch "
@@ -114,22 +132,22 @@ def run_killed_then_resumed(assets, out: Path, first_nproc: int, second_nproc: i
 
 
 @pytest.mark.parametrize("kill_step, extra_s", [(4, 0.13)])
-def test_sigkill_and_resume_reads_every_sample_once(assets, tmp_path, kill_step, extra_s):
-    state, seen = run_killed_then_resumed(assets, tmp_path / "run", 2, 2, kill_step, extra_s)
+def test_sigkill_and_resume_reads_every_sample_once(grouped, assets, tmp_path, kill_step, extra_s):
+    state, seen = run_killed_then_resumed(grouped, assets, tmp_path / "run", 2, 2, kill_step, extra_s)
     assert state.step >= 3
-    assert seen == all_keys(assets)
+    assert seen == all_keys(grouped)
 
 
 @pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])
-def test_resume_on_another_world_size_reads_every_sample_once(assets, tmp_path, first, second):
-    state, seen = run_killed_then_resumed(assets, tmp_path / "run", first, second, kill_step=4, extra_s=0.0)
+def test_resume_on_another_world_size_reads_every_sample_once(grouped, assets, tmp_path, first, second):
+    state, seen = run_killed_then_resumed(grouped, assets, tmp_path / "run", first, second, kill_step=4, extra_s=0.0)
     assert state.geometry["world_size"] == first
-    assert seen == all_keys(assets)
+    assert seen == all_keys(grouped)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_sigkill_at_random_points(assets, tmp_path, seed):
+def test_sigkill_at_random_points(grouped, assets, tmp_path, seed):
     rng = random.Random(seed)
-    _, seen = run_killed_then_resumed(assets, tmp_path / "run", 2, 2, rng.randint(3, 25), rng.uniform(0.0, 1.0))
-    assert seen == all_keys(assets)
+    _, seen = run_killed_then_resumed(grouped, assets, tmp_path / "run", 2, 2, rng.randint(3, 25), rng.uniform(0.0, 1.0))
+    assert seen == all_keys(grouped)

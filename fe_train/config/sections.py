@@ -76,12 +76,23 @@ class DataConfig:
     """Shuffle shard order and samples within each shard, anew each epoch from the seed."""
     max_skip_fraction: float = 0.01
     """Stop with an error naming the shards once the skipped samples exceed this fraction of the epoch's samples."""
+    group_by_length: str = "auto"
+    """Samples of similar length share micro-batches (docs/shards.md, length grouping): on, off, or auto (on where
+    every training shard folder has an up-to-date lengths.json, which fe-shards build/join/lengths write)."""
+    length_window: int = 256
+    """Samples of a shard's shuffled order sorted by length together (the windows come in random order)."""
 
     def __post_init__(self):
         parse_sources(self.train_shards, "data.train_shards")
         parse_sources(self.eval_shards, "data.eval_shards")
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         require(0.0 <= self.max_skip_fraction <= 1.0, "data.max_skip_fraction", self.max_skip_fraction, "a fraction in [0, 1]")
+        # YAML 1.1 reads on/off as booleans: true and false mean on and off.
+        self.group_by_length = {"true": "on", "false": "off"}.get(str(self.group_by_length).lower(),
+                                                                   self.group_by_length)
+        require(self.group_by_length in ("auto", "on", "off"), "data.group_by_length", self.group_by_length,
+                "one of auto, on, off")
+        require(self.length_window >= 1, "data.length_window", self.length_window, "an integer >= 1")
 
 
 @dataclass

@@ -124,7 +124,8 @@ class PairStream(ShardStream):
                  build, collate, layout: PairLayout, buffer: int, where: str = "emotion.pair_shards"):
         self.ser_shards, self.pair_shards, self.layout = shards, pair_shards, layout
         self.buffer, self.where = buffer, where
-        entries = [replace(shard, count=layout.entries(shard.count)) for shard in shards]
+        # Entries are not samples of the shard: their order is not grouped by length.
+        entries = [replace(shard, count=layout.entries(shard.count), lengths=None) for shard in shards]
         super().__init__(entries, rank, geometry, seed, shuffle, build, collate)
 
     def __iter__(self) -> Iterator[dict]:

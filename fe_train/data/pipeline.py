@@ -116,16 +116,19 @@ class ShardStream(torch.utils.data.IterableDataset):
         shuffle: bool,
         build: Callable[[RawSample], Example],
         collate: Callable[[list[Example]], dict[str, Any]],
+        group: int = 0,
     ):
         super().__init__()
         self.shards, self.rank, self.geometry = shards, rank, geometry
         self.seed, self.shuffle = seed, shuffle
+        self.group = group
+        """Length window of the plan (``EpochPlan.group``): used for the shards that carry lengths."""
         self.build, self.collate = build, collate
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0, consumed: list[Span] = ()) -> EpochPlan:
         """Plan ``epoch``; the first ``skip_batches`` micro-batches of this plan are not yielded."""
-        self.plan = EpochPlan(self.shards, epoch, self.seed, self.shuffle, self.geometry, list(consumed))
+        self.plan = EpochPlan(self.shards, epoch, self.seed, self.shuffle, self.geometry, list(consumed), self.group)
         self.skip_batches = skip_batches
         return self.plan
 

@@ -43,6 +43,8 @@ class Shard:
     """Times each of its samples is planned per epoch, in expectation (its source's weight)."""
     source: int = 0
     """Index of its source in ``data.train_shards``; a fractional weight draws its subset over a whole source."""
+    lengths: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """Each sample's length (by file position) where the plan groups by length (``fe_train.data.lengths``)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class EpochPlan:
     shuffle: bool
     geometry: Geometry
     consumed: list[Span] = field(default_factory=list)
+    group: int = 0
+    """Sort each shard's shuffled samples by length within windows of this many (0: no grouping)."""
 
     def __post_init__(self):
         geo = self.geometry
@@ -137,7 +141,12 @@ class EpochPlan:
         if not self.shuffle:
             return planned
         salt = zlib.crc32(self.shards[shard].url.rsplit("/", 1)[-1].encode())
-        return planned[np.random.default_rng([self.seed, self.epoch, salt]).permutation(len(planned))]
+        rng = np.random.default_rng([self.seed, self.epoch, salt])
+        order = planned[rng.permutation(len(planned))]
+        lengths = self.shards[shard].lengths
+        if not self.group or lengths is None:
+            return order
+        return grouped_order(order, lengths, self.group, descending_first=bool(rng.integers(2)))
 
     def rank_batches(self, rank: int) -> list[MicroBatch]:
         geo = self.geometry
@@ -202,6 +211,19 @@ def fractional_picks(shards: list[Shard], seed: int, epoch: int) -> dict[int, np
         for index, lo, first, stop in zip(members[source], edges[:-1], cuts[:-1], cuts[1:]):
             picks[index] = chosen[first:stop] - lo
     return picks
+
+
+def grouped_order(order: np.ndarray, key: np.ndarray, window: int, descending_first: bool) -> np.ndarray:
+    """``order`` (file positions) sorted by ``key`` within consecutive windows of ``window`` positions.
+
+    Windows alternate ascending and descending, so a micro-batch that straddles two windows joins like lengths.
+    """
+    out = order.copy()
+    for number, start in enumerate(range(0, len(order), window)):
+        chunk = order[start : start + window]
+        sort = np.argsort(key[chunk], kind="stable")
+        out[start : start + window] = chunk[sort[::-1] if (number % 2 == 0) == descending_first else sort]
+    return out
 
 
 def batch_sizes(samples: int, batches: int, micro_batch: int) -> list[int]:

@@ -51,9 +51,13 @@ def describe_sources(value: str | list, what: str, plan: EpochPlan) -> list[str]
     return [*lines, f"{what}: {plan.epoch_size} samples per epoch, {plan.batches_per_rank} micro-batches per rank"]
 
 
-def shards_digest(shards: list[Shard]) -> str:
+def shards_digest(shards: list[Shard], group: int = 0) -> str:
     """What makes the plan, kept in checkpoints: shard names and counts, plus weight and source where a weight is not
-    1 (so a pattern and the same shards as sources of weight 1 have one digest, the digest of before weights)."""
+    1 (so a pattern and the same shards as sources of weight 1 have one digest, the digest of before weights), plus the
+    length window and the lengths where the plan groups by length (``group`` > 0)."""
     text = "\n".join(f"{Path(s.url).name}\t{s.count}" + (f"\t{s.weight!r}\t{s.source}" if s.weight != 1 else "")
                      for s in shards)
+    if group:
+        lengths = b"".join(s.lengths.tobytes() for s in shards if s.lengths is not None)
+        text += f"\ngroup {group} {hashlib.sha256(lengths).hexdigest()}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -203,7 +203,7 @@ class Trainer:
         skip = state.micro_in_epoch
         if state.micro_in_epoch and state.geometry and Geometry(**state.geometry) != self.stream.geometry:
             old = EpochPlan(self.stream.shards, state.epoch, self.stream.seed, self.stream.shuffle,
-                            Geometry(**state.geometry), consumed)
+                            Geometry(**state.geometry), consumed, self.stream.group)
             consumed = old.consumed_after(state.micro_in_epoch)
             state.consumed = [[s.shard, s.start, s.stop] for s in consumed]
             state.micro_in_epoch = skip = 0

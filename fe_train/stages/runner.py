@@ -18,6 +18,7 @@ from torch import nn
 from fe_train.checkpoint.store import CheckpointStore, TrainerState
 from fe_train.config import Config
 from fe_train.data.collate import Collate
+from fe_train.data.lengths import with_lengths
 from fe_train.data.pipeline import MIDRUN_WORKERS, Example, RawSample, ShardStream
 from fe_train.data.plan import Geometry, Shard, eval_geometry
 from fe_train.data.sources import describe_sources, resolve_sources, shards_digest
@@ -81,7 +82,7 @@ def _needs_universal(store: CheckpointStore, tag: str, launch: LaunchEnv) -> boo
 
 def default_stream(cfg: Config, shards: list[Shard], rank: int, geometry: Geometry, build, collate) -> ShardStream:
     """The training stream of a recipe without ``train_stream``: the shards through the epoch plan."""
-    return ShardStream(shards, rank, geometry, cfg.train.seed, cfg.data.shuffle, build, collate)
+    return ShardStream(shards, rank, geometry, cfg.train.seed, cfg.data.shuffle, build, collate, cfg.data.length_window)
 
 
 @dataclass
@@ -109,12 +110,12 @@ def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, hooks: Hoo
     tag = store.latest_tag()
     if tag and not resume:
         raise UserError(f"{out} already holds checkpoint {tag}: pass --resume to continue it, or set run.output_dir")
-    shards = resolve_sources(cfg.data.train_shards)
+    shards, ungrouped = with_lengths(resolve_sources(cfg.data.train_shards), cfg.data.group_by_length)
     eval_shards = resolve_sources(cfg.data.eval_shards, "data.eval_shards") if cfg.data.eval_shards else None
     device = init_distributed(launch, cfg)
     try:
         outcome = _train(recipe, cfg, launch, device, store, tag if resume else None, shards, eval_shards, hooks or Hooks(),
-                         evaluators)
+                         evaluators, ungrouped)
     except BaseException:
         shutdown(synchronize=False)
         raise
@@ -122,7 +123,8 @@ def run(recipe: Recipe, cfg: Config, launch: LaunchEnv, resume: bool, hooks: Hoo
     return outcome
 
 
-def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: Hooks, make_evaluators) -> Outcome:
+def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: Hooks, make_evaluators,
+           ungrouped: list[str]) -> Outcome:
     ds = ds_config.resolve(cfg, launch.world_size)
     whole = ds_config.keeps_frozen_whole(ds)
     dtype = precision_dtype(cfg.train.precision)
@@ -149,6 +151,9 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: 
     lines = describe_sources(cfg.data.train_shards, "data.train_shards", stream.plan)
     if eval_stream is not None:
         lines += describe_sources(cfg.data.eval_shards, "data.eval_shards", eval_stream.plan)
+    grouped = any(shard.lengths is not None for shard in stream.shards) and cfg.data.shuffle
+    lines.append("length grouping: " + (f"windows of {stream.group} samples" if grouped else
+                                         (ungrouped or ["off (this stage's stream or data.shuffle=false)"])[0]))
     for line in lines:
         log.info("%s", line)
 
@@ -160,7 +165,7 @@ def _train(recipe, cfg, launch, device, store, tag, shards, eval_shards, hooks: 
     engine = build_engine(model, ds, cfg, steps)
 
     state = TrainerState()
-    digest = shards_digest(stream.shards)
+    digest = shards_digest(stream.shards, stream.group if grouped else 0)
     if tag:
         state = store.load(engine, tag, universal=universal)
         state.preempted = False
