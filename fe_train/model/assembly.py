@@ -33,6 +33,7 @@ def speech_llm(cfg: Config, dtype, partitioned, emotion: bool = False) -> Freeze
     # partitioned (empty) shape and fails; the encoder (0.64B for large-v3) is loaded whole and
     # deepspeed.initialize partitions it.
     encoder = lookup(ENCODERS, m.encoder, "model.encoder")(m.encoder_path, dtype)
+    encoder.set_window(m.encoder_window_s)
     llm = partitioned().load_causal_lm(m.llm_path, dtype, m.llm_activation_checkpointing)
     width = llm.config.hidden_size
     adapter = new_adapter(m, encoder.hidden_size, width)

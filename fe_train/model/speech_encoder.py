@@ -13,6 +13,17 @@ from fe_train.model.pretrained import pretrained_dir
 
 log = logging.getLogger(__name__)
 
+MEL_FRAMES_PER_S = 100
+"""Whisper's log-mel frames per second (hop 160 at 16 kHz)."""
+
+
+def window_frames(frames: int, n_frames: int, round_frames: int) -> int:
+    """Mel frames the encoder runs on when a batch's longest clip has ``frames``: Whisper's whole window
+    (``round_frames`` 0), or ``frames`` rounded up to a multiple of ``round_frames``, at most the whole window."""
+    if not round_frames:
+        return n_frames
+    return min(n_frames, max(1, -(-frames // round_frames)) * round_frames)
+
 
 @functools.cache
 def _encoder_of_full_checkpoint() -> type:
@@ -40,6 +51,8 @@ class WhisperSpeechEncoder(nn.Module):
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
+        self.round_frames = 0
+        """``model.encoder_window_s`` in mel frames: 0 runs Whisper's whole window (``window_frames``)."""
         config = encoder.config
         self.n_mels = config.num_mel_bins
         self.n_frames = config.max_source_positions * 2  # two convolutions, the second with stride 2
@@ -66,14 +79,30 @@ class WhisperSpeechEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.encoder.conv1.weight.dtype
 
+    def set_window(self, seconds: float) -> None:
+        """Run on the batch's longest clip rounded up to a multiple of ``seconds`` (0: Whisper's whole window)."""
+        self.round_frames = 2 * round(seconds * MEL_FRAMES_PER_S / 2)  # even: the second convolution has stride 2
+
     @torch.no_grad()
     def forward(self, mel: torch.Tensor, mel_pad_value: torch.Tensor, all_blocks: bool = False):
-        """mel (B, n_mels, T<=n_frames) -> (B, n_frames/2, D) [, (B, L, n_frames/2, D)]."""
-        window = pad_window(mel, mel_pad_value, self.n_frames).to(self.dtype)  # (B, n_mels, n_frames)
+        """mel (B, n_mels, T<=n_frames) -> (B, W/2, D) [, (B, L, W/2, D)], W the window (``window_frames``)."""
+        frames = window_frames(mel.shape[-1], self.n_frames, self.round_frames)
+        window = pad_window(mel, mel_pad_value, frames).to(self.dtype)  # (B, n_mels, W)
         self._block_outputs = [] if all_blocks else None
         try:
-            states = self.encoder(window).last_hidden_state  # (B, n_frames/2, D)
+            states = self.encoder(window).last_hidden_state if frames == self.n_frames else self._short(window)
             blocks = torch.stack(self._block_outputs, dim=1) if all_blocks else None  # (B, L, T, D)
         finally:
             self._block_outputs = None
         return states, blocks
+
+    def _short(self, window: torch.Tensor) -> torch.Tensor:
+        """``WhisperEncoder.forward`` on a window shorter than 30 s (which it refuses): the same layers, with the
+        first W/2 position embeddings. (B, n_mels, W) -> (B, W/2, D)."""
+        enc = self.encoder
+        hidden = nn.functional.gelu(enc.conv2(nn.functional.gelu(enc.conv1(window)))).permute(0, 2, 1)  # (B, W/2, D)
+        hidden = hidden + enc.embed_positions.weight[: hidden.shape[1]]
+        for layer in enc.layers:
+            out = layer(hidden, None)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return enc.layer_norm(hidden)

@@ -41,6 +41,8 @@ class FlopCounter:
     decoder_params: int = 0
     """Stage 3: speech decoder and fusion parameters a decoder position passes through."""
     decoder_trainable_params: int = 0
+    encoder_round_frames: int = 0
+    """The encoder's window rounding in mel frames (``model.encoder_window_s``); 0: the whole window always."""
 
     @classmethod
     def for_model(cls, model, llm_backward: bool) -> FlopCounter:
@@ -62,6 +64,7 @@ class FlopCounter:
         return cls(
             encoder_params=size(encoder),
             encoder_frames=encoder.n_frames // 2 if encoder is not None else 0,
+            encoder_round_frames=getattr(encoder, "round_frames", 0),
             llm_body_params=size(llm) - size(embed) - (0 if tied else head_params),
             llm_head_params=head_params,
             llm_backward=llm_backward,
@@ -78,13 +81,22 @@ class FlopCounter:
         if self.decoder_params:
             head_positions = float(clips)  # stage 3 reads the LLM's states; its head runs at one position per row
         llm_factor = 4.0 if self.llm_backward else 2.0
-        flops = 2.0 * self.encoder_params * self.encoder_frames * clips * self.encoder_passes
+        flops = 2.0 * self.encoder_params * self.encoder_positions(batch) * clips * self.encoder_passes
         flops += llm_factor * (self.llm_body_params * tokens + self.llm_head_params * head_positions)
         flops += 6.0 * self.trainable_params * float((batch["slots"] > 0).sum())
         if self.decoder_params:
             positions = float(batch["unit_attention_mask"].sum())
             flops += (4.0 * self.decoder_params + 2.0 * self.decoder_trainable_params) * positions
         return flops
+
+
+    def encoder_positions(self, batch: dict) -> int:
+        """Encoder positions per clip of this micro-batch: the whole window's, or its rounded longest clip's."""
+        if not self.encoder_round_frames or "mel" not in batch:
+            return self.encoder_frames
+        from fe_train.model.speech_encoder import window_frames
+
+        return window_frames(batch["mel"].shape[-1], 2 * self.encoder_frames, self.encoder_round_frames) // 2
 
 
 def _lookup_only(lm, size) -> int:

@@ -1,0 +1,73 @@
+"""The encoder window (issue 18): Whisper's whole window by default, or the micro-batch's longest clip rounded up."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fe_train.config import Config
+from fe_train.data.features import LogMel, pad_window
+from fe_train.errors import UserError
+from fe_train.fixtures import tiny
+from fe_train.model.speech_encoder import WhisperSpeechEncoder, window_frames
+from fe_train.tracking.flops import FlopCounter
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return WhisperSpeechEncoder(tiny.build_whisper(d_model=32, layers=3).model.encoder).eval()
+
+
+def mels(encoder, seconds):
+    logmel = LogMel(encoder.n_mels, encoder.n_frames)
+    clips = [logmel((np.random.default_rng(i).standard_normal(int(16000 * s)) * 0.1).astype(np.float32))
+             for i, s in enumerate(seconds)]
+    frames = max(c.features.shape[-1] for c in clips)
+    mel = torch.stack([pad_window(c.features[None], torch.tensor([c.pad_value]), frames)[0] for c in clips])
+    return mel, torch.tensor([c.pad_value for c in clips])
+
+
+def test_window_frames():
+    assert window_frames(430, 3000, 0) == 3000  # the whole window: the default
+    assert window_frames(430, 3000, 200) == 600 and window_frames(400, 3000, 200) == 400
+    assert window_frames(2999, 3000, 200) == 3000 and window_frames(1, 3000, 200) == 200
+
+
+def test_whole_window_is_transformers_forward_and_short_windows_are_shorter(encoder):
+    mel, pad = mels(encoder, [0.6, 1.1])
+    whole, blocks = encoder(mel, pad, all_blocks=True)
+    assert whole.shape[1] == encoder.n_frames // 2 and blocks.shape[2] == encoder.n_frames // 2
+    # The short path is transformers' forward with fewer positions: on the whole window it gives the same states.
+    window = pad_window(mel, pad, encoder.n_frames)
+    assert torch.allclose(encoder._short(window), whole, atol=1e-5)
+    encoder.set_window(0.5)
+    try:
+        assert encoder.round_frames == 50
+        short, blocks = encoder(mel, pad, all_blocks=True)
+    finally:
+        encoder.set_window(0)
+    frames = window_frames(mel.shape[-1], encoder.n_frames, 50)
+    assert frames == 150 < encoder.n_frames and short.shape[1] == frames // 2 and blocks.shape[2] == frames // 2
+    assert short.shape[1] < whole.shape[1] and not torch.allclose(short, whole[:, : short.shape[1]], atol=1e-3)
+
+
+def test_encoder_flops_at_least_3x_lower_for_2_to_8_s_clips():
+    """Issue 18, must-show 2 (the FLOPs): Whisper-large-v3's encoder, by the runs' own counter, per clip."""
+    whole, short = (FlopCounter(encoder_params=int(0.637e9), encoder_frames=1500, llm_body_params=0, llm_head_params=0,
+                                llm_backward=True, trainable_params=0, encoder_round_frames=frames) for frames in (0, 200))
+    for seconds in (2.0, 3.3, 5.0, 8.0):
+        batch = {"attention_mask": torch.zeros(4, 1), "labels": torch.zeros(4, 1, dtype=torch.long),
+                 "slots": torch.zeros(4, 1), "mel": torch.zeros(4, 128, int(seconds * 100))}
+        ratio = whole.micro_batch(batch) / short.micro_batch(batch)
+        print(f"{seconds} s clips: encoder FLOPs {whole.micro_batch(batch) / 4:.3g} -> {short.micro_batch(batch) / 4:.3g}"
+              f" per clip ({ratio:.2f}x)")
+        assert ratio >= 3.0
+
+
+def test_encoder_window_setting():
+    assert Config().model.encoder_window_s == 0
+    assert Config.load(None, ["model.encoder_window_s=2"]).model.encoder_window_s == 2.0
+    with pytest.raises(UserError, match="model.encoder_window_s = -1.0: expected 0 .the whole window. or at least"):
+        Config.load(None, ["model.encoder_window_s=-1"])
