@@ -71,3 +71,28 @@ def test_encoder_window_setting():
     assert Config.load(None, ["model.encoder_window_s=2"]).model.encoder_window_s == 2.0
     with pytest.raises(UserError, match="model.encoder_window_s = -1.0: expected 0 .the whole window. or at least"):
         Config.load(None, ["model.encoder_window_s=-1"])
+
+
+def test_attention_setting_switches_the_kernel_and_names_what_cannot_run(encoder, tmp_path):
+    from fe_train.model.assembly import set_attention
+
+    tokenizer = tiny.build_tokenizer(["hello there how are you"], tmp_path / "tok")
+    llm = tiny.build_llm(tokenizer, hidden=32).eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 0, 0]])
+    mask = (ids > 0).long()
+    mel, pad = mels(encoder, [0.6, 1.1])
+    outputs = {}
+    for implementation in ("sdpa", "eager"):
+        set_attention(implementation, llm, encoder.encoder)
+        assert llm.config._attn_implementation == encoder.encoder.config._attn_implementation == implementation
+        with torch.no_grad():
+            outputs[implementation] = (llm(input_ids=ids, attention_mask=mask).logits, encoder(mel, pad)[0])
+    (sdpa_logits, sdpa_states), (eager_logits, eager_states) = outputs["sdpa"], outputs["eager"]
+    assert torch.allclose(sdpa_logits[mask.bool()], eager_logits[mask.bool()], atol=1e-5)  # padding rows aside
+    assert torch.allclose(sdpa_states, eager_states, atol=1e-5)
+    set_attention("sdpa", llm, encoder.encoder)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"^config model.attention = 'flash_attention_2': \w+ cannot use it \("):
+            set_attention("flash_attention_2", llm)
+    with pytest.raises(UserError, match="model.attention = 'flash': expected one of sdpa, eager, flash_attention_2"):
+        Config.load(None, ["model.attention=flash"])

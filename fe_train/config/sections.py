@@ -37,6 +37,9 @@ class ModelConfig:
     """Recompute the frozen LLM's activations in backward (less memory, about 1/3 more LLM compute)."""
     trim_encoder_padding: bool = True
     """Feed the adapter only the encoder frames of real audio, not Whisper's 30 s padding."""
+    attention: str = "sdpa"
+    """Attention kernel of the frozen LLM and encoder (transformers' ``attn_implementation``): sdpa, eager, or
+    flash_attention_2 (needs flash-attn on a CUDA GPU; it skips the padding of a micro-batch instead of masking it)."""
     encoder_window_s: float = 0.0
     """0: the encoder runs on Whisper's whole 30 s window (the paper's; its weights were trained on it). > 0: on the
     micro-batch's longest clip rounded up to a multiple of this many seconds (docs/training.md, encoder window)."""
@@ -44,6 +47,8 @@ class ModelConfig:
     def __post_init__(self):
         require(self.adapter_stack_frames >= 1, "model.adapter_stack_frames", self.adapter_stack_frames, "an integer >= 1")
         require(self.adapter_hidden_dim >= 1, "model.adapter_hidden_dim", self.adapter_hidden_dim, "an integer >= 1")
+        require(self.attention in ("sdpa", "eager", "flash_attention_2"), "model.attention", self.attention,
+                "one of sdpa, eager, flash_attention_2")
         require(self.encoder_window_s == 0 or self.encoder_window_s >= 0.02, "model.encoder_window_s",
                 self.encoder_window_s, "0 (the whole window) or at least 0.02 seconds")
 

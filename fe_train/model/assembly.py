@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fe_train.config import EMOTIONS, Config, DecoderConfig
+from fe_train.errors import UserError
 from fe_train.model.emotion_extractor import EmotionExtractor
 from fe_train.model.freezeempath import FreezeEmpath
 from fe_train.model.fusion import GatedFusion
@@ -35,6 +36,7 @@ def speech_llm(cfg: Config, dtype, partitioned, emotion: bool = False) -> Freeze
     encoder = lookup(ENCODERS, m.encoder, "model.encoder")(m.encoder_path, dtype)
     encoder.set_window(m.encoder_window_s)
     llm = partitioned().load_causal_lm(m.llm_path, dtype, m.llm_activation_checkpointing)
+    set_attention(m.attention, llm, encoder.encoder)
     width = llm.config.hidden_size
     adapter = new_adapter(m, encoder.hidden_size, width)
     if cfg.train.init_adapter:
@@ -52,7 +54,23 @@ def speech_llm(cfg: Config, dtype, partitioned, emotion: bool = False) -> Freeze
 
 def text_llm(cfg: Config, dtype, partitioned) -> FreezeEmpath:
     """The LLM alone (stage 3a reads text prompts)."""
-    return FreezeEmpath(partitioned().load_causal_lm(cfg.model.llm_path, dtype, cfg.model.llm_activation_checkpointing))
+    llm = partitioned().load_causal_lm(cfg.model.llm_path, dtype, cfg.model.llm_activation_checkpointing)
+    set_attention(cfg.model.attention, llm)
+    return FreezeEmpath(llm)
+
+
+def set_attention(implementation: str, *models: nn.Module) -> None:
+    """``model.attention`` for the frozen LLM and encoder: transformers' kernel of that name (``flash_attention_2``
+    needs the flash-attn package and a CUDA GPU: one line when it cannot be used)."""
+    for model in models:
+        if model.config._attn_implementation == implementation:
+            continue
+        try:
+            model.set_attn_implementation(implementation)
+        except (ImportError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"config model.attention = {implementation!r}: {type(model).__name__} cannot use it "
+                            f"({reason})") from None
 
 
 def decoder_parts(d: DecoderConfig, llm, tokenizer, dtype) -> tuple[SpeechDecoder, GatedFusion]:
