@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import REPO, stage1_overrides, torchrun
 from fe_train.config import Config
 from fe_train.data.features import LogMel, pad_window
 from fe_train.errors import UserError
 from fe_train.fixtures import tiny
 from fe_train.model.speech_encoder import WhisperSpeechEncoder, window_frames
 from fe_train.tracking.flops import FlopCounter
+from fe_train.tracking.tracker import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +100,15 @@ def test_attention_setting_switches_the_kernel_and_names_what_cannot_run(encoder
             set_attention("flash_attention_2", llm)
     with pytest.raises(UserError, match="model.attention = 'flash': expected one of sdpa, eager, flash_attention_2"):
         Config.load(None, ["model.attention=flash"])
+
+
+def test_short_windows_train_under_zero3_on_two_ranks(assets, tmp_path):
+    """Ranks whose micro-batches get windows of different lengths (and the whole one) meet in the same ZeRO-3
+    gathers: the encoder is partitioned in ``zero3_tiny.json``."""
+    out = tmp_path / "run"
+    overrides = stage1_overrides(assets, out, **{"model.encoder_window_s": 0.5, "train.max_steps": 6, "train.log_every": 1,
+                                                 "train.eval_every": 0, "data.eval_shards": ""})
+    proc = torchrun(["-m", "fe_train", "train", "--config", str(REPO / "configs" / "stage1_tiny.yaml"), *overrides], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    losses = [r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)

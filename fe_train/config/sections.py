@@ -42,7 +42,7 @@ class ModelConfig:
     flash_attention_2 (needs flash-attn on a CUDA GPU; it skips the padding of a micro-batch instead of masking it)."""
     encoder_window_s: float = 0.0
     """0: the encoder runs on Whisper's whole 30 s window (the paper's; its weights were trained on it). > 0: on the
-    micro-batch's longest clip rounded up to a multiple of this many seconds (docs/training.md, encoder window)."""
+    micro-batch's longest clip rounded up to a multiple of this many seconds (docs/benchmarks.md, real tokens)."""
 
     def __post_init__(self):
         require(self.adapter_stack_frames >= 1, "model.adapter_stack_frames", self.adapter_stack_frames, "an integer >= 1")

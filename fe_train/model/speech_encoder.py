@@ -101,7 +101,9 @@ class WhisperSpeechEncoder(nn.Module):
         first W/2 position embeddings. (B, n_mels, W) -> (B, W/2, D)."""
         enc = self.encoder
         hidden = nn.functional.gelu(enc.conv2(nn.functional.gelu(enc.conv1(window)))).permute(0, 2, 1)  # (B, W/2, D)
-        hidden = hidden + enc.embed_positions.weight[: hidden.shape[1]]
+        # The embedding is called, not indexed: under ZeRO-3 its call gathers the weight, on every rank in the same
+        # order as transformers' forward (ranks whose micro-batches take either path meet in the same collectives).
+        hidden = hidden + enc.embed_positions(torch.arange(hidden.shape[1], device=hidden.device))
         for layer in enc.layers:
             out = layer(hidden, None)
             hidden = out[0] if isinstance(out, tuple) else out
