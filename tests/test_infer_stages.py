@@ -63,14 +63,16 @@ def stage_runs(assets, tmp_path_factory):
     return stage1, stage2, stage3
 
 
-def test_infer_speaks_with_the_emotion_from_stages_1_2a_3a(stage_runs, tmp_path, capsys):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # the runs trained in fp32; the paper's presets are bf16
+def test_infer_speaks_with_the_emotion_from_stages_1_2a_3a(stage_runs, tmp_path, capsys, precision):
     from fe_train.data import synthetic
 
     question = synthetic.instructions()[0]
     wav = tmp_path / "question.wav"
     sf.write(wav, synthetic.speak(question.text, synthetic.VOICES[0]), synthetic.SAMPLE_RATE_HZ, subtype="PCM_16")
     ckpts = [arg for run in stage_runs for arg in ("--ckpt", str(run))]
-    assert train_main(["infer", *ckpts, "--out", str(tmp_path / "out"), str(wav), "eval.max_new_tokens=8"]) == 0
+    assert train_main(["infer", *ckpts, "--out", str(tmp_path / "out"), str(wav), "eval.max_new_tokens=8",
+                       f"train.precision={precision}"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((tmp_path / "out" / "infer.json").read_text())
     assert result["emotion"] in EMOTIONS and f"emotion: {result['emotion']}\n" in printed

@@ -45,7 +45,9 @@ def place(build: Callable[[Callable], tuple[nn.Module, Any]], how: str, policy_p
     """
     if how == "replicate":
         model, tokenizer = build(WholeBuild)
-        return Placed(model.to(device).eval(), tokenizer, synced=False)
+        # Every part in the run's precision, as a DeepSpeed engine holds the model it trains (the trainable parts are
+        # built in fp32 and the frozen ones loaded in ``dtype``: mixed, a bf16 decoder would meet fp32 fused inputs).
+        return Placed(model.to(device=device, dtype=dtype).eval(), tokenizer, synced=False)
     if how != "zero3":
         raise UserError(f"config {key} = {how!r}: expected one of {PLACEMENTS}")
     ds = inference_config(policy_path, dtype, batch_size, world_size, f"{key}=zero3")
