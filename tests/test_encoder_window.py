@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -39,13 +40,12 @@ def test_window_frames():
     assert window_frames(2999, 3000, 200) == 3000 and window_frames(1, 3000, 200) == 200
 
 
-def test_whole_window_is_transformers_forward_and_short_windows_are_shorter(encoder):
+def test_short_windows_are_whisper_with_a_shorter_window(encoder):
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
     mel, pad = mels(encoder, [0.6, 1.1])
     whole, blocks = encoder(mel, pad, all_blocks=True)
     assert whole.shape[1] == encoder.n_frames // 2 and blocks.shape[2] == encoder.n_frames // 2
-    # The short path is transformers' forward with fewer positions: on the whole window it gives the same states.
-    window = pad_window(mel, pad, encoder.n_frames)
-    assert torch.allclose(encoder._short(window), whole, atol=1e-5)
     encoder.set_window(0.5)
     try:
         assert encoder.round_frames == 50
@@ -54,7 +54,15 @@ def test_whole_window_is_transformers_forward_and_short_windows_are_shorter(enco
         encoder.set_window(0)
     frames = window_frames(mel.shape[-1], encoder.n_frames, 50)
     assert frames == 150 < encoder.n_frames and short.shape[1] == frames // 2 and blocks.shape[2] == frames // 2
-    assert short.shape[1] < whole.shape[1] and not torch.allclose(short, whole[:, : short.shape[1]], atol=1e-3)
+    assert not torch.allclose(short, whole[:, : short.shape[1]], atol=1e-3)  # less padding to attend to
+    # The same weights in transformers' own encoder built for a window of that length give the same states.
+    config = copy.deepcopy(encoder.encoder.config)
+    config.max_source_positions = frames // 2
+    reference = WhisperEncoder(config).eval()
+    weights = dict(encoder.encoder.state_dict(), **{"embed_positions.weight": encoder.encoder.embed_positions.weight[: frames // 2]})
+    reference.load_state_dict(weights)
+    with torch.no_grad():
+        assert torch.allclose(reference(pad_window(mel, pad, frames)).last_hidden_state, short, atol=1e-5)
 
 
 def test_encoder_flops_at_least_3x_lower_for_2_to_8_s_clips():
@@ -104,11 +112,12 @@ def test_attention_setting_switches_the_kernel_and_names_what_cannot_run(encoder
 
 def test_short_windows_train_under_zero3_on_two_ranks(assets, tmp_path):
     """Ranks whose micro-batches get windows of different lengths (and the whole one) meet in the same ZeRO-3
-    gathers: the encoder is partitioned in ``zero3_tiny.json``."""
+    gathers: the encoder is partitioned in ``zero3_tiny.json`` (a forward outside the encoder module's own call hung
+    within 10 steps)."""
     out = tmp_path / "run"
-    overrides = stage1_overrides(assets, out, **{"model.encoder_window_s": 0.5, "train.max_steps": 6, "train.log_every": 1,
+    overrides = stage1_overrides(assets, out, **{"model.encoder_window_s": 1, "train.max_steps": 30, "train.log_every": 1,
                                                  "train.eval_every": 0, "data.eval_shards": ""})
     proc = torchrun(["-m", "fe_train", "train", "--config", str(REPO / "configs" / "stage1_tiny.yaml"), *overrides], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     losses = [r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
-    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)

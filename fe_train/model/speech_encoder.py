@@ -26,18 +26,35 @@ def window_frames(frames: int, n_frames: int, round_frames: int) -> int:
 
 
 @functools.cache
-def _encoder_of_full_checkpoint() -> type:
-    """transformers' ``WhisperEncoder``, expecting the rest of a full Whisper checkpoint.
+def _windowed_encoder() -> type:
+    """transformers' ``WhisperEncoder``, expecting the rest of a full Whisper checkpoint, and running on windows
+    shorter than 30 s too (``model.encoder_window_s``).
 
     NOTE(transformers): from 5.0 ``from_pretrained`` prints a table of every unexpected key, which for
     Whisper-large-v3's encoder is the whole decoder (hundreds of lines); the decoder is expected here.
+    NOTE(deepspeed): the shorter window is this module's own ``forward``, so that every window goes through the same
+    module calls (this one, then its convolutions, position embedding, blocks and LayerNorm): ZeRO-3 prefetches
+    parameters by the trace of module calls, and ranks whose traces differ wait for each other's gathers forever.
     """
+    from transformers.modeling_outputs import BaseModelOutput
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    class WhisperEncoderOfFullCheckpoint(WhisperEncoder):
+    class WindowedWhisperEncoder(WhisperEncoder):
         _keys_to_ignore_on_load_unexpected = [r"^model\.decoder\.", r"^proj_out\."]
 
-    return WhisperEncoderOfFullCheckpoint
+        def forward(self, input_features: torch.Tensor, attention_mask=None, **kwargs) -> BaseModelOutput:
+            """``WhisperEncoder.forward``, which refuses any window but 30 s; (B, n_mels, W) -> (B, W/2, D)."""
+            if input_features.shape[-1] == self.config.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]:
+                return super().forward(input_features, attention_mask, **kwargs)
+            gelu = nn.functional.gelu
+            hidden = gelu(self.conv2(gelu(self.conv1(input_features)))).permute(0, 2, 1)  # (B, W/2, D)
+            hidden = hidden + self.embed_positions(torch.arange(hidden.shape[1], device=hidden.device))
+            for layer in self.layers:
+                out = layer(hidden, None)
+                hidden = out[0] if isinstance(out, tuple) else out
+            return BaseModelOutput(last_hidden_state=self.layer_norm(hidden))
+
+    return WindowedWhisperEncoder
 
 
 class WhisperSpeechEncoder(nn.Module):
@@ -50,6 +67,8 @@ class WhisperSpeechEncoder(nn.Module):
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
+        if not isinstance(encoder, _windowed_encoder()):
+            encoder.__class__ = _windowed_encoder()  # a subclass adding only the shorter windows' forward
         self.encoder = encoder
         self.round_frames = 0
         """``model.encoder_window_s`` in mel frames: 0 runs Whisper's whole window (``window_frames``)."""
@@ -67,7 +86,7 @@ class WhisperSpeechEncoder(nn.Module):
         path = pretrained_dir(path, "model.encoder_path")
         # A full Whisper checkpoint stores the encoder under `model.encoder.`; the mapping
         # loads only those weights (the decoder's are ignored) and is a no-op for an encoder-only save.
-        encoder = _encoder_of_full_checkpoint().from_pretrained(path, dtype=dtype, key_mapping={r"^model\.encoder\.": ""})
+        encoder = _windowed_encoder().from_pretrained(path, dtype=dtype, key_mapping={r"^model\.encoder\.": ""})
         log.info("loaded Whisper encoder from %s (%d blocks, d=%d)", path, encoder.config.encoder_layers, encoder.config.d_model)
         return cls(encoder)
 
@@ -90,21 +109,8 @@ class WhisperSpeechEncoder(nn.Module):
         window = pad_window(mel, mel_pad_value, frames).to(self.dtype)  # (B, n_mels, W)
         self._block_outputs = [] if all_blocks else None
         try:
-            states = self.encoder(window).last_hidden_state if frames == self.n_frames else self._short(window)
+            states = self.encoder(window).last_hidden_state  # (B, W/2, D)
             blocks = torch.stack(self._block_outputs, dim=1) if all_blocks else None  # (B, L, T, D)
         finally:
             self._block_outputs = None
         return states, blocks
-
-    def _short(self, window: torch.Tensor) -> torch.Tensor:
-        """``WhisperEncoder.forward`` on a window shorter than 30 s (which it refuses): the same layers, with the
-        first W/2 position embeddings. (B, n_mels, W) -> (B, W/2, D)."""
-        enc = self.encoder
-        hidden = nn.functional.gelu(enc.conv2(nn.functional.gelu(enc.conv1(window)))).permute(0, 2, 1)  # (B, W/2, D)
-        # The embedding is called, not indexed: under ZeRO-3 its call gathers the weight, on every rank in the same
-        # order as transformers' forward (ranks whose micro-batches take either path meet in the same collectives).
-        hidden = hidden + enc.embed_positions(torch.arange(hidden.shape[1], device=hidden.device))
-        for layer in enc.layers:
-            out = layer(hidden, None)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return enc.layer_norm(hidden)
