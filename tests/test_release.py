@@ -146,10 +146,10 @@ def test_import_export_round_trip_and_logits(release, tmp_path, capsys):
     extractor = EmotionExtractor(LayerGate(ENC), AttentionPool(ENC, 4), ENC, LLM_DIM, HIDDEN, mask_padding=False)
     fusion = GatedFusion(nn.Linear(LLM_DIM, DEC_DIM), DEC_DIM)
     for module, name in ((adapter, "adapter"), (extractor, "emotion_extractor"), (fusion, "fusion")):
-        with safe_open(str(exports / f"{name}.safetensors"), "pt") as reader:
+        with safe_open(str(exports / "export" / f"{name}.safetensors"), "pt") as reader:
             module.load_state_dict({k: reader.get_tensor(k) for k in reader.keys()}, strict=True)  # noqa: SIM118
     lm = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32).eval()
-    decoder = SpeechDecoder.from_pretrained(str(exports / "speech_decoder"), N_UNITS, LLM_VOCAB, torch.float32)
+    decoder = SpeechDecoder.from_pretrained(str(exports / "export" / "decoder"), N_UNITS, LLM_VOCAB, torch.float32)
     assert (decoder.vocab.text_size, decoder.vocab.eos_id) == (DEC_ROWS - 1 - N_UNITS, 2)
 
     blocks, ids = torch.randn(2, BLOCKS, 11, ENC), torch.randint(0, LLM_VOCAB, (2, 6))

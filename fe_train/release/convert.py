@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -101,7 +102,7 @@ def import_release(src: str | Path, out: str | Path, llm_out: str | Path | None 
                     if module == "llm" and llm_dir is None:
                         report.skipped.append((key, "the frozen LLM (give --llm-out to write it)"))
                         continue
-                    if module == "speech_decoder" and ours in DECODER_ROWS:
+                    if module == "decoder" and ours in DECODER_ROWS:
                         tensor = rows.to_ours(tensor, key)
                     (llm_tensors if module == "llm" else modules[module])[ours] = tensor
                     report.mapped += 1
@@ -110,19 +111,42 @@ def import_release(src: str | Path, out: str | Path, llm_out: str | Path | None 
             llm_dir.mkdir(parents=True, exist_ok=True)
             save_file(llm_tensors, str(llm_dir / name), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(llm_tensors, name))
+    run_dir, out = out, out / "export"
     out.mkdir(parents=True, exist_ok=True)
     for module in ("adapter", "emotion_extractor", "fusion"):
         if not modules[module]:
             raise UserError(f"{src}: no {module} tensors in the checkpoint (expected the release layout, docs/release.md)")
         save_file(modules[module], str(out / f"{module}.safetensors"), metadata={"module": module, "format": "pt"})
         report.written.append(out / f"{module}.safetensors")
-    report.written.append(_write_decoder(modules["speech_decoder"], config, rows, out / "speech_decoder"))
+    report.written.append(_write_decoder(modules["decoder"], config, rows, out / "decoder"))
     report.skipped.append(("ser_head", "the release has no SER head (none in its public model code): not written"))
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(run_config(config, modules, llm_dir, rows.n_units), sort_keys=False))
+    report.written.append(run_dir / "config.yaml")
     if llm_dir is not None:
         _write_llm(config, src, llm_dir, weight_map)
         report.written.append(llm_dir)
     return report
+
+
+def run_config(config: dict, modules: dict, llm_dir: Path | None, n_units: int) -> dict:
+    """The config sections that shape the imported modules, so that ``--ckpt`` (infer, eval) reads the folder as a run."""
+    reads, writes = (int(v) for v in str(config.get("stream_params", "(1,1)")).strip("()").split(","))
+    fusion = modules["fusion"]
+    ffn = "projection.0.weight" in fusion
+    tree = {
+        "model": {"adapter_stack_frames": int(config.get("speech_encoder_ds_rate", 5)),
+                  "adapter_hidden_dim": int(modules["adapter"]["ffn.0.weight"].shape[0])},
+        "emotion": {"layer_mix": "gate", "pool": "attention", "pool_heads": 4, "mask_padding": False,
+                    "gate_hidden_dim": int(modules["emotion_extractor"]["mix.score.0.weight"].shape[0]),
+                    "hidden_dim": int(modules["emotion_extractor"]["ffn.0.weight"].shape[0])},
+        "decoder": {"n_units": n_units, "read_tokens": reads, "write_units": writes, "max_length": int(config.get("tts_max_length", 2048)),
+                    "fusion": "ffn" if ffn else "linear",
+                    "fusion_hidden_dim": int(fusion["projection.0.weight"].shape[0]) if ffn else 0},
+    }
+    if llm_dir is not None:
+        tree["model"]["llm_path"] = str(llm_dir.resolve())
+    return tree
 
 
 def _write_decoder(state: dict, config: dict, rows: TokenRows, path: Path) -> Path:
@@ -163,8 +187,10 @@ def _load(path: Path, what: str) -> dict[str, torch.Tensor]:
 def export_release(exports: str | Path, llm: str | Path, out: str | Path) -> Report:
     """fe-train exports + the frozen LLM folder -> one release-layout checkpoint (the LLM streamed shard by shard)."""
     exports, llm, out = Path(exports), Path(llm), Path(out)
+    if (exports / "export").is_dir():  # a run folder (import-release --out, or a training run)
+        exports = exports / "export"
     llm_shards = shard_files(llm)
-    decoder_dir = exports / "speech_decoder"
+    decoder_dir = exports / "decoder"
     rows_file = decoder_dir / ROWS_FILE
     if rows_file.is_file():
         rows = TokenRows(**json.loads(rows_file.read_text()))
@@ -175,10 +201,10 @@ def export_release(exports: str | Path, llm: str | Path, out: str | Path) -> Rep
         rows = TokenRows(vocab.size, vocab.sep_id, vocab.unit_offset, vocab.n_units)
     report = Report()
     speech = {}
-    for module in ("adapter", "emotion_extractor", "fusion", "speech_decoder"):
-        path = decoder_dir / "model.safetensors" if module == "speech_decoder" else exports / f"{module}.safetensors"
+    for module in ("adapter", "emotion_extractor", "fusion", "decoder"):
+        path = decoder_dir / "model.safetensors" if module == "decoder" else exports / f"{module}.safetensors"
         state = _load(path, module)
-        if module == "speech_decoder":
+        if module == "decoder":
             state = {k: (rows.to_release(v) if k in DECODER_ROWS else v) for k, v in state.items()}
         speech.update(to_release(module, state))
     report.mapped = len(speech)

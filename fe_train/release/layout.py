@@ -43,7 +43,7 @@ RENAMES = _linear_pairs({
 })
 BACK = {ours: release for release, ours in RENAMES.items()}
 QKV = ("q_proj", "k_proj", "v_proj")
-EXPORTED = ("adapter", "emotion_extractor", "fusion", "speech_decoder")
+EXPORTED = ("adapter", "emotion_extractor", "fusion", "decoder")
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def to_ours(key: str, tensor: torch.Tensor, hidden: int) -> list[tuple[str, str,
             raise UserError(f"{key}: shape {tuple(tensor.shape)}, expected (1, {hidden}) (one latent query)")
         return [("emotion_extractor", "pool.query", tensor[0].contiguous())]
     if key.startswith(DECODER):
-        return [("speech_decoder", key[len(DECODER):], tensor)]
+        return [("decoder", key[len(DECODER):], tensor)]
     if key == "lm_head.weight" or (key.startswith("model.") and not key.startswith(("model.speech_", "model.emotion_"))):
         return [("llm", key, tensor)]
     raise UserError(f"unknown tensor {key!r}: not in the release layout (docs/release.md)")
@@ -131,7 +131,7 @@ def to_ours(key: str, tensor: torch.Tensor, hidden: int) -> list[tuple[str, str,
 
 def to_release(module: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One fe-train export's tensors -> release keys (decoder rows are reordered by the caller)."""
-    if module == "speech_decoder":
+    if module == "decoder":
         return {DECODER + key: value for key, value in state.items()}
     out = {}
     for key, value in state.items():
