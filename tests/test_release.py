@@ -29,21 +29,22 @@ LLM_VOCAB, DEC_ROWS, UNIT0, N_UNITS, SEP = 40, 64, 40, 16, 56  # rows 57..63: un
 
 
 class ReleaseProjector(nn.Module):  # EncoderProjectorConcat
-    def __init__(self):
+    def __init__(self, enc: int = ENC, llm: int = LLM_DIM, k: int = K):
         super().__init__()
-        self.linear1, self.relu, self.linear2 = nn.Linear(ENC * K, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, LLM_DIM)
+        self.k = k
+        self.linear1, self.relu, self.linear2 = nn.Linear(enc * k, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, llm)
 
     def forward(self, x):
         b, t, d = x.shape
-        x = x[:, : t - t % K].reshape(b, t // K, d * K)
+        x = x[:, : t - t % self.k].reshape(b, t // self.k, d * self.k)
         return self.linear2(self.relu(self.linear1(x)))
 
 
 class ReleasePool(nn.Module):  # AttentionPoolingLayer (one latent query, 4 heads)
-    def __init__(self):
+    def __init__(self, enc: int):
         super().__init__()
-        self.latent_queries = nn.Parameter(torch.randn(1, ENC))
-        self.multihead_attn = nn.MultiheadAttention(embed_dim=ENC, num_heads=4)
+        self.latent_queries = nn.Parameter(torch.randn(1, enc))
+        self.multihead_attn = nn.MultiheadAttention(embed_dim=enc, num_heads=4)
 
     def forward(self, x):
         queries = self.latent_queries.unsqueeze(1).expand(-1, x.shape[0], -1)
@@ -52,12 +53,12 @@ class ReleasePool(nn.Module):  # AttentionPoolingLayer (one latent query, 4 head
 
 
 class ReleaseExtractor(nn.Module):  # EmotionExtractor (its 32-layer assert left out: BLOCKS tiny blocks)
-    def __init__(self):
+    def __init__(self, enc: int = ENC, llm: int = LLM_DIM):
         super().__init__()
-        self.gate_fc1, self.gate_relu, self.gate_fc2 = nn.Linear(ENC, 128), nn.ReLU(), nn.Linear(128, 1)
-        self.layernorm = nn.LayerNorm(ENC)
-        self.attn_pool = ReleasePool()
-        self.linear1, self.relu, self.linear2 = nn.Linear(ENC, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, LLM_DIM)
+        self.gate_fc1, self.gate_relu, self.gate_fc2 = nn.Linear(enc, 128), nn.ReLU(), nn.Linear(128, 1)
+        self.layernorm = nn.LayerNorm(enc)
+        self.attn_pool = ReleasePool(enc)
+        self.linear1, self.relu, self.linear2 = nn.Linear(enc, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, llm)
 
     def forward(self, x):
         weights = F.softmax(self.gate_fc2(self.gate_relu(self.gate_fc1(x.mean(dim=2)))).squeeze(-1), dim=1)
@@ -71,11 +72,12 @@ def tiny_qwen(vocab: int, hidden: int, **extra) -> Qwen2Config:
 
 
 class ReleaseGenerator(nn.Module):  # LLMSpeechGenerator: linear input_proj, gate fusion, token embeddings added
-    def __init__(self, config: Qwen2Config):
+    def __init__(self, config: Qwen2Config, llm: int = LLM_DIM):
         super().__init__()
         self.model = Qwen2ForCausalLM(config)
-        self.input_proj = nn.Linear(LLM_DIM, DEC_DIM)
-        self.gate = nn.Sequential(nn.Linear(2 * DEC_DIM, DEC_DIM), nn.Sigmoid())
+        dec = config.hidden_size
+        self.input_proj = nn.Linear(llm, dec)
+        self.gate = nn.Sequential(nn.Linear(2 * dec, dec), nn.Sigmoid())
 
     def logits(self, states, ids):
         rep, emb = self.input_proj(states), self.model.get_input_embeddings()(ids)

@@ -23,7 +23,7 @@ SPEECH_FIELDS = ("speech_encoder", "speech_encoder_type", "speech_projector_type
                  "speech_encoder_hidden_size", "speech_generator", "speech_generator_arch", "tts_loss_weight",
                  "num_sample_turns_s2s", "unit_vocab_size", "tts_max_length", "stream_params", "add_token_embeddings",
                  "add_gate_fusion", "speech_generator_proj_type", "tts_ffn_dim_size", "tts_tokenizer")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+TOKENIZER_FILES = ("tokenizer.json", "chat_template.jinja", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                    "added_tokens.json", "generation_config.json")
 ENCODER_REASON = ("the frozen Whisper encoder: fe-train reads it from model.encoder_path; the release's code loads "
                   "it from config.speech_encoder when the checkpoint lacks it")
