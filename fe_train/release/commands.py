@@ -33,7 +33,8 @@ def add_release(sub) -> None:
     imp.add_argument("--tts-tokenizer", default=None, help="the release's TTS tokenizer folder (default: config.tts_tokenizer)")
     imp.set_defaults(run=_import)
     exp = sub.add_parser("export-release", help="fe-train exports + the frozen LLM -> one checkpoint in the release's layout")
-    exp.add_argument("exports", help="folder of exports (adapter.safetensors, emotion_extractor.safetensors, ...)")
+    exp.add_argument("exports", nargs="+", help="run folders (or their export/): the imported run, then later "
+                     "stages' runs, a later module's export replacing an earlier one's")
     exp.add_argument("--llm", required=True, help="the frozen LLM's HF folder (model.llm_path)")
     exp.add_argument("--out", required=True, help="folder for the release-layout checkpoint")
     exp.set_defaults(run=_export)

@@ -184,13 +184,31 @@ def _load(path: Path, what: str) -> dict[str, torch.Tensor]:
         return {key: reader.get_tensor(key) for key in reader.keys()}  # noqa: SIM118
 
 
-def export_release(exports: str | Path, llm: str | Path, out: str | Path) -> Report:
+def module_sources(folders: list[str | Path]) -> dict[str, Path]:
+    """Module -> the folder of its export, a later folder's replacing an earlier one's (as ``--ckpt`` does).
+
+    A folder is a run (``import-release --out``, a training run) or its ``export/``.
+    """
+    found = {}
+    for folder in map(Path, folders):
+        export = folder / "export" if (folder / "export").is_dir() else folder
+        if not export.is_dir():
+            raise UserError(f"{folder}: no such folder (expected a run folder or its export/)")
+        for module in (*EXPORTED, "ser_head", CONFIG_FILE):
+            if (export / f"{module}.safetensors").is_file() or (export / module).exists():
+                found[module] = export
+    for module in EXPORTED:
+        if module not in found:
+            raise UserError(f"{', '.join(map(str, folders))}: no {module} export (the release needs adapter, "
+                            f"emotion_extractor, fusion and decoder; give the imported run first, then later stages)")
+    return found
+
+
+def export_release(exports: list[str | Path], llm: str | Path, out: str | Path) -> Report:
     """fe-train exports + the frozen LLM folder -> one release-layout checkpoint (the LLM streamed shard by shard)."""
-    exports, llm, out = Path(exports), Path(llm), Path(out)
-    if (exports / "export").is_dir():  # a run folder (import-release --out, or a training run)
-        exports = exports / "export"
+    sources, llm, out = module_sources(exports), Path(llm), Path(out)
     llm_shards = shard_files(llm)
-    decoder_dir = exports / "decoder"
+    decoder_dir = sources["decoder"] / "decoder"
     rows_file = decoder_dir / ROWS_FILE
     if rows_file.is_file():
         rows = TokenRows(**json.loads(rows_file.read_text()))
@@ -202,18 +220,18 @@ def export_release(exports: str | Path, llm: str | Path, out: str | Path) -> Rep
     report = Report()
     speech = {}
     for module in ("adapter", "emotion_extractor", "fusion", "decoder"):
-        path = decoder_dir / "model.safetensors" if module == "decoder" else exports / f"{module}.safetensors"
+        path = decoder_dir / "model.safetensors" if module == "decoder" else sources[module] / f"{module}.safetensors"
         state = _load(path, module)
         if module == "decoder":
             state = {k: (rows.to_release(v) if k in DECODER_ROWS else v) for k, v in state.items()}
         speech.update(to_release(module, state))
     report.mapped = len(speech)
-    if (exports / "ser_head.safetensors").is_file():
+    if "ser_head" in sources:
         report.skipped.append(("ser_head", "the release has no SER head (none in its public model code)"))
     llm_config = read_config(llm)
     hidden = int(llm_config["hidden_size"])
     if speech["model.speech_projector.linear2.weight"].shape[0] != hidden:
-        raise UserError(f"{exports / 'adapter.safetensors'}: output width "
+        raise UserError(f"{sources['adapter'] / 'adapter.safetensors'}: output width "
                         f"{speech['model.speech_projector.linear2.weight'].shape[0]} does not match the LLM's "
                         f"hidden_size {hidden} ({llm / 'config.json'})")
     out.mkdir(parents=True, exist_ok=True)
@@ -230,7 +248,7 @@ def export_release(exports: str | Path, llm: str | Path, out: str | Path) -> Rep
     save_file(speech, str(out / name), metadata={"format": "pt"})
     weight_map.update(dict.fromkeys(speech, name))
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
-    (out / "config.json").write_text(json.dumps(_release_config(exports, llm_config, speech, decoder_dir), indent=1))
+    (out / "config.json").write_text(json.dumps(_release_config(sources.get(CONFIG_FILE), llm_config, speech, decoder_dir), indent=1))
     for tok in TOKENIZER_FILES:
         if (llm / tok).is_file():
             shutil.copy(llm / tok, out / tok)
@@ -239,11 +257,11 @@ def export_release(exports: str | Path, llm: str | Path, out: str | Path) -> Rep
     return report
 
 
-def _release_config(exports: Path, llm_config: dict, speech: dict, decoder_dir: Path) -> dict:
+def _release_config(imported: Path | None, llm_config: dict, speech: dict, decoder_dir: Path) -> dict:
     """The LLM's config + the speech fields: those of an imported release where there is one, else from the weights."""
     config = dict(llm_config)
-    if (exports / CONFIG_FILE).is_file():
-        config.update({k: v for k, v in json.loads((exports / CONFIG_FILE).read_text()).items() if k in SPEECH_FIELDS})
+    if imported is not None:
+        config.update({k: v for k, v in json.loads((imported / CONFIG_FILE).read_text()).items() if k in SPEECH_FIELDS})
     enc = int(speech["model.emotion_extractor.layernorm.weight"].shape[0])
     ffn = "speech_generator.input_proj.0.weight" in speech
     decoder = json.loads((decoder_dir / "config.json").read_text())
