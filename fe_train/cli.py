@@ -245,6 +245,9 @@ def train_main(argv: list[str] | None = None) -> int:
 
     add_eval(sub)
     add_infer(sub)
+    from fe_train.release.commands import add_release
+
+    add_release(sub)
     show = sub.add_parser("config", help="print the resolved config (defaults, YAML, overrides)")
     show.add_argument("--config", default=None, help="YAML file of overrides (none: the defaults)")
     show.add_argument("--defaults", action="store_true", help="every key with its docstring as a comment")
