@@ -1,6 +1,7 @@
 """The loss is the mean over every labelled token of the global batch (issue 18): the same 16 samples cut as
 1 rank x 1 micro-batch of 16, 1 rank x 4 accumulated micro-batches of 4, or 2 ranks x 2 x 4 give the same
-gradient under real DeepSpeed ZeRO-3 (gloo, CPU), while the mean of per-micro-batch means would not."""
+gradient under real DeepSpeed ZeRO-3 (gloo, CPU), while the mean of per-micro-batch means would not; a dropped
+non-finite micro-batch leaves exactly the others' share."""
 
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ def skewed_shard(assets, out: Path) -> Path:
     return out
 
 
-def one_step(assets, shards: Path, out: Path, nproc: int, micro_batch: int) -> dict:
+def one_step(assets, shards: Path, out: Path, nproc: int, micro_batch: int, nan_micro: int = 0) -> dict:
     result = out / "record.pt"
-    proc = torchrun([str(REPO / "tests" / "dist" / "global_batch_check.py"), str(result), CONFIG, *stage1_overrides(
+    proc = torchrun([str(REPO / "tests" / "dist" / "global_batch_check.py"), str(result), str(nan_micro), CONFIG, *stage1_overrides(
         assets, out / "run", **{"data.train_shards": shards, "data.eval_shards": "", "data.shuffle": "false",
                                 "train.micro_batch_size": micro_batch, "train.epochs": 1, "train.max_steps": 1,
                                 "train.grad_clip": 0, "train.log_every": 1})], nproc=nproc)
@@ -67,3 +68,7 @@ def test_gradient_does_not_depend_on_how_the_global_batch_is_cut(assets, tmp_pat
     parts = [after - before for before, after in zip(running, running[1:])]  # each: grad of its summed loss / N
     micro_mean = sum(part * sum(tokens) / n for part, n in zip(parts, tokens)) / len(tokens)
     assert relative(micro_mean, reference) > 0.2
+
+    # A non-finite micro-batch is dropped: its tokens count as zero loss, the others keep the global count.
+    dropped = one_step(assets, shards, tmp_path / "1x4x4-nan", 1, 4, nan_micro=2)
+    assert relative(dropped["grads"][-1], reference - parts[1]) < 1e-4

@@ -222,7 +222,8 @@ class Trainer:
         return nonfinite > 0, stop > 0
 
     def _skip_nonfinite(self) -> None:
-        """Every rank drops the micro-batch (no backward, no step); too many in a row stops the run."""
+        """Every rank drops the micro-batch (no backward: its tokens count as zero loss in its window); too many in a
+        row stops the run."""
         self.state.nonfinite_skipped += 1
         self.nonfinite_run += 1
         log.warning("non-finite loss at step %d: micro-batch skipped on every rank (%d in a row, %d in all)",

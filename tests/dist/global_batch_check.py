@@ -1,8 +1,9 @@
 """One optimizer step of stage 1 under torchrun, recording the reduced gradient of the trainable weights after
 every backward (the running sum over the accumulation window) and each micro-batch's loss counts.
 
-Usage: global_batch_check.py RESULT.pt CONFIG [overrides...]. The probes wrap ``engine.backward`` and the model's
-``loss_counts`` and call through to them; rank 0 writes ``{"grads": [flat (P,) per backward], "counts": [...]}``.
+Usage: global_batch_check.py RESULT.pt NAN_MICRO CONFIG [overrides...]. The probes wrap ``engine.backward`` and the
+model's ``loss_counts`` and call through to them; rank 0 writes ``{"grads": [flat (P,) per backward], "counts": [...]}``.
+NAN_MICRO > 0 multiplies the adapter's output by NaN at that training forward (counted from 1) on rank 0.
 """
 
 import sys
@@ -16,11 +17,20 @@ from fe_train.launch.env import from_environ
 from fe_train.launch.logs import setup_logging
 from fe_train.stages import runner
 
-result_path, config_path, *overrides = sys.argv[1:]
+result_path, nan_micro, config_path, *overrides = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
 launch = from_environ()
 setup_logging(launch.rank)
 cfg = Config.load(config_path, overrides)
 record = {"grads": [], "counts": []}
+forwards = {"n": 0}
+
+
+def poison(module, inputs, output):
+    forwards["n"] += module.training
+    if not (module.training and launch.rank == 0 and forwards["n"] == nan_micro):
+        return output
+    tokens, counts = output
+    return tokens * torch.tensor(float("nan")), counts
 
 
 def probe(trainer):
@@ -41,6 +51,7 @@ def probe(trainer):
 
     engine.backward = recorded_backward
     model.loss_counts = recorded_counts
+    model.adapter.register_forward_hook(poison)
 
 
 runner.run(stages.recipe(cfg.train.stage), cfg, launch, resume=False, hooks=runner.Hooks(before_train=probe))
