@@ -8,10 +8,12 @@ epoch are removed from it and the rest is planned anew (see ``fe_train.data.plan
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,43 +34,49 @@ from fe_train.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
-SUMMED = ("loss_sum", "n_tokens", "n_correct", "samples", "flops", "rows", "positions", "real_positions")
+SUMMED = ("samples", "flops", "rows", "positions", "real_positions")
 
 
 class Meter:
     """Sums of a stage's outputs between two log points, reduced over ranks on read.
 
+    ``loss_weights`` are the model's loss-term weights: ``loss`` is the weighted sum of each term's summed loss
+    over its count (over all ranks and micro-batches since the last read: the global token mean, for a model of
+    one term). The loss sums stay on the device until the read (no host sync per micro-batch).
     ``flops(batch)`` counts a micro-batch's model FLOPs; with ``peak`` (FLOP/s per device)
     the meter also reports MFU. ``seq_len`` is the mean padded length of a micro-batch row and
     ``padding`` the fraction of those positions that are padding (what length-grouping saves).
     """
 
-    def __init__(self, flops=None, peak: float = 0.0):
-        self.flops, self.peak = flops, peak
+    def __init__(self, loss_weights: tuple[float, ...] = (1.0,), flops=None, peak: float = 0.0):
+        self.loss_weights, self.flops, self.peak = loss_weights, flops, peak
         self.sums = torch.zeros(len(SUMMED), dtype=torch.float64)
+        self.terms: torch.Tensor | None = None
+        """(2 x n_terms + 1,) on the device: the loss sums, the counts, and the first term's correct tokens."""
         self.skipped: Counter[str] = Counter()
         self.skipped_shards: Counter[str] = Counter()
         self.started = time.perf_counter()
 
     def add(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
-        n_tokens = float(out["n_tokens"])
         flops = self.flops(batch) if self.flops is not None else 0.0
         mask = batch["attention_mask"]  # (B, T)
-        self.sums += torch.tensor(
-            [float(out["loss"].detach()) * n_tokens, n_tokens, float(out["n_correct"]), float(batch["weight"].sum()), flops,
-             mask.shape[0], mask.numel(), float(mask.sum())],
-            dtype=torch.float64,
-        )
+        self.sums += torch.tensor([float(batch["weight"].sum()), flops, mask.shape[0], mask.numel(), float(mask.sum())],
+                                  dtype=torch.float64)
+        terms = torch.cat([out["loss_sums"], out["loss_counts"], out["n_correct"].reshape(1).to(out["loss_sums"])])
+        self.terms = terms.double() if self.terms is None else self.terms + terms
         self.skipped.update(batch.get("skipped", {}))
         self.skipped_shards.update(batch.get("skipped_shards", {}))
 
     def reduce(self, device: torch.device, prefix: str) -> dict[str, float]:
-        sums = all_reduce_sum(self.sums.to(device)).cpu()
-        loss_sum, n_tokens, n_correct, samples, flops, rows, positions, real = sums.tolist()
+        n = len(self.loss_weights)
+        terms = self.terms.to(device) if self.terms is not None else torch.zeros(2 * n + 1, dtype=torch.float64, device=device)
+        sums = all_reduce_sum(torch.cat([self.sums.to(device), terms])).cpu().tolist()
+        samples, flops, rows, positions, real = sums[: len(SUMMED)]
+        loss_sums, counts, n_correct = sums[len(SUMMED):][:n], sums[len(SUMMED):][n: 2 * n], sums[-1]
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         metrics = {
-            f"{prefix}/loss": loss_sum / max(n_tokens, 1.0),
-            f"{prefix}/token_acc": n_correct / max(n_tokens, 1.0),
+            f"{prefix}/loss": sum(w * s / max(c, 1.0) for w, s, c in zip(self.loss_weights, loss_sums, counts)),
+            f"{prefix}/token_acc": n_correct / max(counts[0], 1.0),
             f"{prefix}/samples": samples,
             f"{prefix}/samples_per_s": samples / elapsed,
             f"{prefix}/seq_len": positions / max(rows, 1.0),
@@ -81,7 +89,7 @@ class Meter:
             metrics[f"{prefix}/tflops_per_s_per_rank"] = flops / elapsed / world / 1e12
             if self.peak:
                 metrics[f"{prefix}/mfu"] = mfu(flops / world, elapsed, self.peak)
-        self.__init__(self.flops, self.peak)
+        self.__init__(self.loss_weights, self.flops, self.peak)
         return metrics
 
 
@@ -121,6 +129,7 @@ class Trainer:
         self.skipped_shards: Counter[str] = Counter()
         preemption.install(cfg.run.checkpoint_signals)
         self.nonfinite_run = 0
+        self._plan: EpochPlan | None = None
         self.keys_log = KeysLog(Path(cfg.run.output_dir) / "keys" / f"rank{launch.rank:05d}.jsonl" if cfg.run.log_keys else None)
 
     def total_steps(self) -> int:
@@ -132,26 +141,18 @@ class Trainer:
         if state.step == 0:
             self.evaluate()
         self.tracker.start_bar(total, state.step, cfg.run.progress_bar)
-        meter = Meter(self.flops, self.peak)
-        while state.epoch < cfg.train.epochs and state.step < total and not state.preempted:
-            plan = self._plan_epoch()
-            for batch in build_loader(self.stream, pin_memory=self.device.type == "cuda"):
-                out = self.engine(to_device(batch, self.device, non_blocking=True))
-                nonfinite, stop = self._agree(out["loss"])
-                state.micro_in_epoch += 1
-                self.keys_log.write(state, batch)
-                if nonfinite:
-                    self._skip_nonfinite()
-                    continue
-                self.nonfinite_run = 0
-                self.engine.backward(out["loss"])
-                boundary = self.engine.is_gradient_accumulation_boundary()
-                self.engine.step()
-                meter.add(out, batch)
-                if boundary and self._after_step(meter, total, stop):
-                    break
-            if state.micro_in_epoch >= plan.batches_per_rank:
-                state.epoch, state.micro_in_epoch, state.consumed = state.epoch + 1, 0, []
+        meter = Meter(self.engine.module.loss_weights, self.flops, self.peak)
+        batches = self._micro_batches()
+        while state.step < total and not state.preempted:
+            # One optimizer step's micro-batches, read ahead so that their loss counts are known before any backward.
+            window = list(itertools.islice(batches, self.engine.gradient_accumulation_steps()))
+            if not window:
+                break
+            stepped, stop = self._train_window(window, meter)
+            if stepped and self._after_step(meter, total, stop):
+                break
+        batches.close()
+        self._finish_epoch()
         if state.preempted:
             log.warning("checkpoint signal: saved at step %d, stopping (continue with --resume)", state.step)
         else:
@@ -160,6 +161,60 @@ class Trainer:
         self.tracker.close()
         return state
 
+    def _micro_batches(self) -> Iterator[dict[str, Any]]:
+        """This rank's micro-batches, epoch after epoch, each counted in the state and the keys log as it is read."""
+        state = self.state
+        while state.epoch < self.cfg.train.epochs:
+            self._plan = self._plan_epoch()
+            for batch in build_loader(self.stream, pin_memory=self.device.type == "cuda"):
+                state.micro_in_epoch += 1
+                self.keys_log.write(state, batch)
+                yield batch
+            self._finish_epoch()
+
+    def _finish_epoch(self) -> None:
+        state = self.state
+        if self._plan is not None and state.micro_in_epoch >= self._plan.batches_per_rank:
+            state.epoch, state.micro_in_epoch, state.consumed = state.epoch + 1, 0, []
+
+    def _train_window(self, window: list[dict[str, Any]], meter: Meter) -> tuple[bool, bool]:
+        """Forward and backward each micro-batch of one accumulation window; (an optimizer step was taken, stop).
+
+        Each micro-batch's loss is its summed loss over the window's global count per term (one all-reduce per
+        window) times the data-parallel world size, which DeepSpeed's gradient averaging over ranks divides
+        out again: the step's gradient is that of the mean over every labelled token of the global batch,
+        however the batch is cut into micro-batches and ranks. A micro-batch whose loss is non-finite on any
+        rank is dropped on every rank (no backward): its tokens count as zero loss in the window. The engine
+        still counts it, so that its accumulation boundary stays the window's end; a window with no good
+        micro-batch takes no optimizer step and does not count as one.
+        """
+        counts = torch.stack([self.engine.module.loss_counts(batch) for batch in window]).sum(dim=0)  # (n_terms,)
+        world = self.launch.world_size
+        norm = (all_reduce_sum(counts.to(self.device)).clamp(min=1) / world).float()
+        good, stepped, stop = [], False, False
+        for batch in window:
+            out = self.engine(to_device(batch, self.device, non_blocking=True), loss_norm=norm)
+            nonfinite, stop = self._agree(out["loss"])
+            if nonfinite:
+                self._skip_nonfinite()
+                continue
+            self.nonfinite_run = 0
+            self.engine.backward(out["loss"], scale_wrt_gas=False)
+            stepped = self.engine.is_gradient_accumulation_boundary()
+            self.engine.step()
+            meter.add(out, batch)
+            good.append(batch)
+        if good and len(good) < len(window):
+            for _ in range(len(window) - len(good) - 1):
+                self.engine.step()
+            # NOTE(deepspeed): ZeRO-3 completes a window's gradients (e.g. offloads them to the optimizer) in the
+            # boundary micro-batch's backward, so the boundary gets one: a zero-weighted rerun of a good micro-batch.
+            out = self.engine(to_device(good[-1], self.device, non_blocking=True), loss_norm=norm)
+            self.engine.backward(out["loss"] * 0.0, scale_wrt_gas=False)
+            stepped = self.engine.is_gradient_accumulation_boundary()
+            self.engine.step()
+        return stepped, stop
+
     def _agree(self, loss: torch.Tensor) -> tuple[bool, bool]:
         """(any rank's loss is non-finite, any rank got a checkpoint signal): one tiny all-reduce per micro-batch."""
         flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0, float(preemption.requested())], device=self.device)
@@ -167,7 +222,8 @@ class Trainer:
         return nonfinite > 0, stop > 0
 
     def _skip_nonfinite(self) -> None:
-        """Every rank drops the micro-batch (no backward, no step); too many in a row stops the run."""
+        """Every rank drops the micro-batch (no backward: its tokens count as zero loss in its window); too many in a
+        row stops the run."""
         self.state.nonfinite_skipped += 1
         self.nonfinite_run += 1
         log.warning("non-finite loss at step %d: micro-batch skipped on every rank (%d in a row, %d in all)",
@@ -252,7 +308,7 @@ class Trainer:
         if self.eval_stream is None:
             return {}
         self.engine.eval()
-        meter = Meter()
+        meter = Meter(self.engine.module.loss_weights)
         self.eval_stream.set_epoch(0)
         for batch in build_loader(self.eval_stream):
             meter.add(self.engine(to_device(batch, self.device, non_blocking=True)), batch)

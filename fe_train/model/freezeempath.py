@@ -21,6 +21,7 @@ from torch import nn
 from fe_train.data.prompt import IGNORE, SLOTS
 from fe_train.data.speech_input import encoder_frames
 from fe_train.model.freezing import Assembly
+from fe_train.model.loss_terms import labelled_targets, weighted_loss
 from fe_train.model.next_token_loss import next_token_loss
 from fe_train.model.splice import splice, valid_rows
 
@@ -81,22 +82,45 @@ class FreezeEmpath(Assembly):
             return None
         return self.emotion_extractor(content_blocks, encoder_frames(batch["audio_frames"]))
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+    @property
+    def loss_weights(self) -> tuple[float, ...]:
+        """The weight of each loss term: the reply tokens' and, with a SER head, ``aux_weight`` for its clips."""
+        return (1.0,) if self.ser_head is None else (1.0, self.aux_weight)
+
+    def loss_counts(self, batch: dict) -> torch.Tensor:
+        """How many items each loss term of ``batch`` holds (labelled tokens; SER clips), from the host batch."""
+        counts = [labelled_targets(batch["labels"])]
+        if self.ser_head is not None:
+            counts.append(float((batch["weight"] != 0).sum()) if self._has_ser_term(batch) else 0.0)
+        return torch.tensor(counts, dtype=torch.float64)
+
+    def _has_ser_term(self, batch: dict) -> bool:
+        return (self.ser_head is not None and self.emotion_extractor is not None and "emotion_label" in batch
+                and ("mel" in batch or "emotion_mel" in batch))
+
+    def forward(self, batch: dict, loss_norm: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Losses of ``batch``; ``loss_norm`` (one divisor per term, see ``fe_train.model.loss_terms``)."""
         embeds, emotion = self.embed_with_emotion(batch)
         out = self.reply_loss(embeds, batch["attention_mask"], batch["labels"])
-        if self.ser_head is not None and emotion is not None and "emotion_label" in batch:
-            out = self.add_ser_loss(out, emotion, batch["emotion_label"], batch["weight"])
-        return out
+        sums, counts = [out["loss_sum"]], [out["n_tokens"]]
+        if self._has_ser_term(batch):
+            ser = self.ser_loss(emotion, batch["emotion_label"], batch["weight"])
+            sums.append(ser.pop("ser_sum"))
+            counts.append(ser["ser_clips"])
+            out.update(ser)
+        elif self.ser_head is not None:
+            sums.append(torch.zeros_like(out["loss_sum"]))
+            counts.append(torch.zeros_like(out["n_tokens"]))
+        return {**out, **weighted_loss(sums, counts, self.loss_weights, loss_norm)}
 
-    def add_ser_loss(self, out: dict[str, torch.Tensor], emotion: torch.Tensor, label: torch.Tensor,
-                     weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Add ``aux_weight`` x the SER head's cross-entropy (padding rows, weight 0, left out)."""
+    def ser_loss(self, emotion: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The SER head's summed cross-entropy (``ser_sum``) and mean (``ser_loss``); padding rows (weight 0) left out."""
         logits = self.ser_head(emotion).float()  # (B, classes)
         target = label.masked_fill(weight == 0, IGNORE)  # (B,)
         n_clips = (target != IGNORE).sum()
-        ser_loss = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum") / n_clips.clamp(min=1)
+        ser_sum = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
         correct = ((logits.argmax(-1) == target) & (target != IGNORE)).sum()
-        return {**out, "loss": out["loss"] + self.aux_weight * ser_loss, "ser_loss": ser_loss.detach(),
+        return {"ser_sum": ser_sum, "ser_loss": (ser_sum / n_clips.clamp(min=1)).detach(),
                 "ser_correct": correct.detach(), "ser_clips": n_clips.detach()}
 
     def reply_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

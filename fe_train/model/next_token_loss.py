@@ -11,7 +11,8 @@ from fe_train.data.prompt import IGNORE
 
 def next_token_loss(lm: nn.Module, embeds: torch.Tensor, attention_mask: torch.Tensor,
                     labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean cross-entropy over labelled positions of ``labels`` (B, S); logits only where a label follows."""
+    """Mean cross-entropy over labelled positions of ``labels`` (B, S), and its sum (``loss_sum``); logits only
+    where a label follows."""
     targets = labels[:, 1:]  # (B, S-1): the token each position predicts
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # columns with any label
     out = lm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False)
@@ -23,4 +24,4 @@ def next_token_loss(lm: nn.Module, embeds: torch.Tensor, attention_mask: torch.T
     # An all-padding micro-batch has no label, yet its zero loss must reach every trainable
     # weight so that ZeRO-3's gradient hooks fire on every rank.
     loss = loss_sum / n_tokens.clamp(min=1)
-    return {"loss": loss, "n_tokens": n_tokens.detach(), "n_correct": correct.detach()}
+    return {"loss": loss, "loss_sum": loss_sum, "n_tokens": n_tokens.detach(), "n_correct": correct.detach()}

@@ -15,6 +15,7 @@ import torch
 from fe_train.model.freezeempath import FreezeEmpath
 from fe_train.model.freezing import Assembly
 from fe_train.model.fusion import GatedFusion, paired_states
+from fe_train.model.loss_terms import labelled_targets, weighted_loss
 from fe_train.model.speech_decoder import SpeechDecoder
 
 
@@ -45,7 +46,16 @@ class SpokenReply(Assembly):
         fused = self.fusion(paired_states(states, llm_positions), embeds)  # (B, S, D_dec)
         return torch.where((llm_positions >= 0)[..., None], fused, embeds)
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+    loss_weights = (1.0,)
+    """One loss term: the decoder's labelled (unit and eos) positions."""
+
+    def loss_counts(self, batch: dict) -> torch.Tensor:
+        """How many labelled decoder targets ``batch`` holds, from the host batch."""
+        return torch.tensor([labelled_targets(batch["unit_labels"])], dtype=torch.float64)
+
+    def forward(self, batch: dict, loss_norm: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The unit loss; ``loss_norm`` as in ``fe_train.model.loss_terms``."""
         states = self.llm_states(batch)
         embeds = self.decoder_inputs(states, batch["unit_input_ids"], batch["unit_llm_positions"])
-        return self.decoder.unit_loss(embeds, batch["unit_attention_mask"], batch["unit_labels"])
+        out = self.decoder.unit_loss(embeds, batch["unit_attention_mask"], batch["unit_labels"])
+        return {**out, **weighted_loss([out["loss_sum"]], [out["n_tokens"]], self.loss_weights, loss_norm)}
