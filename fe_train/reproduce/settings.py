@@ -40,7 +40,8 @@ class PipelineConfig:
     data: Path
     """Folder of the corpora as their publishers ship them (``$DATA``; relative: to the working directory)."""
     models: dict[str, str]
-    """``llm``, ``encoder``, ``decoder``: hub ids or local folders (the frozen LLM, Whisper, stage 3's 0.5B)."""
+    """``llm``, ``encoder``, ``decoder``: hub ids or local folders (the frozen LLM, Whisper, stage 3's 0.5B); a folder
+    that exists is made absolute."""
     presets: dict[str, str]
     """Stage configs by name (generate, stage1, stage2a, stage2b, stage3a, stage3b)."""
     instructions: Corpus
@@ -80,7 +81,8 @@ class PipelineConfig:
         return cls(
             out=Path(str(tree["out"])).resolve(),
             data=Path(str(tree["data"])).resolve(),
-            models=_names(path, "models", tree["models"], ("llm", "encoder", "decoder")),
+            models={k: str(Path(v).resolve()) if Path(v).exists() else v
+                    for k, v in _names(path, "models", tree["models"], ("llm", "encoder", "decoder")).items()},
             presets=_names(path, "presets", tree["presets"], PRESET_NAMES),
             instructions=_corpus(path, "instructions", tree["instructions"]),
             ser=tuple(_corpus(path, f"ser[{i}]", c) for i, c in enumerate(_list(path, "ser", tree["ser"]))),
