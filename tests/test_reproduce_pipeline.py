@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_reproduce import doc_steps
 
 from conftest import REPO, dist_env
 from fe_train.errors import UserError
@@ -20,7 +21,6 @@ from fe_train.reproduce.markers import expected_markers, marker_path
 from fe_train.reproduce.runner import resolve
 from fe_train.reproduce.settings import PipelineConfig
 from fe_train.reproduce.steps import PROJECT, build_steps, covers
-from test_reproduce import doc_steps
 
 PAPER, TINY = REPO / "configs" / "pipeline" / "paper.yaml", REPO / "configs" / "pipeline" / "tiny.yaml"
 
@@ -119,3 +119,102 @@ def test_dry_run_chains_the_jobs_by_what_they_read(tmp_path, capsys):
         "--dependency=afterok:<join_train_empathy>", "--ntasks-per-node=1", "slurm/step.sbatch", "fe-shards", "units",
         "fit", "--shards", f"{out}/shards/instructs2s/train_empathy", "--out", f"{out}/codebooks/km16", "--k", "16"]
     assert not (out / ".pipeline" / "stage1.done.pending").exists()  # a dry run writes nothing
+
+
+def finish(config: Path, *names: str) -> None:
+    """Markers as the named steps leave them when they finish with today's config."""
+    cfg = PipelineConfig.load(config)
+    steps = build_steps(cfg)
+    markers = expected_markers(steps, {s.name: resolve(s, cfg) for s in steps})
+    for name in names:
+        marker_path(cfg.out, name).parent.mkdir(parents=True, exist_ok=True)
+        marker_path(cfg.out, name).write_text(markers[name].text())
+
+
+DATA_STEPS = ("instructs2s", "verify", "ser_iemocap", "ser_cremad", "ser_ravdess", "distill", "distill_val",
+              "join_train_distill", "join_val_distill")
+
+
+def test_finished_steps_are_skipped_and_drop_out_of_the_dependencies(tmp_path, capsys):
+    config = tiny(tmp_path)
+    finish(config, *DATA_STEPS)
+    assert main([str(config), "--dry-run", "--to", "stage2a"]) == 0
+    lines = sbatch_lines(capsys)
+    assert [n for n in lines if n.startswith("skip ")] == [f"skip {n}" for n in DATA_STEPS]
+    assert "--dependency" not in " ".join(lines["sbatch stage1"])  # all it reads is finished
+    assert "--dependency=afterok:<stage1>" in lines["sbatch stage2a"]
+    assert list(lines)[-1] == "sbatch stage2a"
+    assert not marker_path(tmp_path / "out", "stage1").exists()  # a dry run writes no marker
+    finish(config, "stage1")
+    assert main([str(config), "--dry-run", "--only", "stage2a"]) == 0
+    assert list(sbatch_lines(capsys)) == ["sbatch stage2a"]
+
+
+def test_a_changed_step_is_refused_in_one_line_unless_rerun_changed(tmp_path, capsys):
+    config = tiny(tmp_path)
+    finish(config, *DATA_STEPS, "stage1")
+    changed = tiny(tmp_path, overrides={"stage1": ["train.max_steps=3"]})
+    with pytest.raises(UserError, match=r"^step stage1 finished with another command, config or inputs \(.*stage1.done\); "
+                                        "rerun with --rerun-changed to run it again$"):
+        main([str(changed), "--dry-run", "--to", "stage1"])
+    capsys.readouterr()
+    assert main([str(changed), "--dry-run", "--to", "stage1", "--rerun-changed"]) == 0
+    lines = sbatch_lines(capsys)
+    assert "train.max_steps=3" in lines["sbatch stage1"] and "skip join_val_distill" in lines
+    # an upstream change reaches every step after it: the marker digests chain
+    finish(config, *DATA_STEPS, "stage1")
+    changed = tiny(tmp_path, overrides={"distill": ["generate.max_new_tokens=5"]})
+    with pytest.raises(UserError, match="^step stage1 finished with another command, config or inputs"):
+        main([str(changed), "--dry-run", "--only", "stage1"])
+    with pytest.raises(UserError, match="^step stage1 needs step join_train_distill, which has not finished"):
+        main([str(changed), "--dry-run", "--only", "stage1", "--rerun-changed"])
+
+
+@pytest.mark.parametrize("change, line", [
+    ({"epochs": 3}, "unknown key 'epochs' (expected one of"),
+    ({"k": 0}, "k must be a positive integer, got 0"),
+    ({"models": {"llm": "x"}}, "models must map exactly llm, encoder, decoder to a path or hub id"),
+    ({"ser": [{"corpus": "iemocap", "out": "shards/ser/iemocap"}]}, "ser[0] must map corpus, root, out"),
+    ({"overrides": {"stage1": "train.max_steps=3"}}, "overrides.stage1 must be a list, got 'train.max_steps=3'"),
+])
+def test_a_bad_config_is_one_line_naming_the_file_and_key(tmp_path, change, line):
+    config = tiny(tmp_path, **change)
+    proc = subprocess.run([str(REPO / "slurm" / "reproduce.sh"), str(config), "--list"], env=dist_env(PYTHON=sys.executable),
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {config}: {line}"), proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_an_unknown_step_and_a_missing_key_are_one_line(tmp_path):
+    tree = yaml.safe_load(tiny(tmp_path).read_text())
+    del tree["presets"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(UserError, match=r"bad.yaml: missing key 'presets'$"):
+        main([str(tmp_path / "bad.yaml"), "--list"])
+    with pytest.raises(UserError, match=r"^--from stage9: no such step \(expected one of instructs2s, verify, "):
+        main([str(tiny(tmp_path)), "--dry-run", "--from", "stage9"])
+
+
+def test_a_local_step_leaves_its_marker_only_when_it_succeeds(tmp_path):
+    """--local runs the real fe-shards build of an espeak-ng CREMA-D in its published layout; the marker holds its
+    command; a rerun skips it; a step whose corpus is missing fails and leaves no marker."""
+    from fe_train.fixtures import ser_layouts
+    from fe_train.fixtures.layouts import Recorder
+
+    layout = ser_layouts.cremad(tmp_path / "data" / "CREMA-D", Recorder())
+    config = tiny(tmp_path)
+    env = dist_env(PYTHON=sys.executable)
+    run = [str(REPO / "slurm" / "reproduce.sh"), str(config), "--local"]
+    proc = subprocess.run([*run, "--only", "ser_cremad"], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "out"
+    marker = json.loads(marker_path(out, "ser_cremad").read_text())
+    assert marker["command"] == ["fe-shards", "build", "--corpus", "cremad", "--root", f"{tmp_path}/data/CREMA-D",
+                                 "--out", f"{out}/shards/ser/cremad"]
+    index = json.loads((out / "shards/ser/cremad/train/index.json").read_text())
+    assert index["count"] == len(layout.clips) == 12
+    again = subprocess.run([*run, "--only", "ser_cremad"], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert again.returncode == 0 and again.stdout.startswith("skip ser_cremad: finished"), again.stdout
+    failed = subprocess.run([*run, "--only", "ser_iemocap"], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert failed.returncode != 0 and "reproduce: step ser_iemocap failed with exit status" in failed.stderr
+    assert not marker_path(out, "ser_iemocap").exists()
