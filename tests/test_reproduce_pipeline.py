@@ -218,3 +218,48 @@ def test_a_local_step_leaves_its_marker_only_when_it_succeeds(tmp_path):
     failed = subprocess.run([*run, "--only", "ser_iemocap"], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert failed.returncode != 0 and "reproduce: step ser_iemocap failed with exit status" in failed.stderr
     assert not marker_path(out, "ser_iemocap").exists()
+
+
+SECTION = (REPO / "docs" / "reproduce.md").read_text().split("## One command: slurm/reproduce.sh", 1)[1].split("### 0.")[0]
+
+
+def test_the_docs_say_what_the_tool_does(tmp_path, capsys):
+    """docs/reproduce.md (One command) and README (SLURM): the step count, the flags, the markers' path, the skip
+    and refusal lines, the sbatch scripts by kind."""
+    readme = (REPO / "README.md").read_text().split("### SLURM", 1)[1]
+    assert main([str(PAPER), "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 36 and "the 36 steps" in SECTION and "(36 steps)" in readme
+    assert listed[0].split() == ["2", "instructs2s", "data", "after:", "-"]
+    help_text = subprocess.run([str(REPO / "slurm" / "reproduce.sh"), "--help"], env=dist_env(PYTHON=sys.executable),
+                               capture_output=True, text=True, cwd=REPO).stdout
+    for flag in ("--local", "--dry-run", "--from", "--to", "--only", "--list", "--rerun-changed"):
+        assert flag in SECTION and flag in help_text
+    for flag in ("--local", "--dry-run", "--from STEP", "--to STEP", "--only STEP", "--list"):
+        assert flag in readme
+    assert "`<out>/.pipeline/<step>.done`" in SECTION and "`<out>/.pipeline/<step>.done`" in readme
+    assert "`skip <step>: finished`" in SECTION
+    assert ("step <step> finished with another command, config or\n  inputs (...); rerun with --rerun-changed to run "
+            "it again") in SECTION
+    config = tiny(tmp_path)
+    assert main([str(config), "--dry-run"]) == 0
+    scripts = {line.split(": ", 1)[0].split()[1]: next(w for w in shlex.split(line) if w.startswith("slurm/"))
+               for line in capsys.readouterr().out.splitlines()}
+    kinds = {s.name: s.kind for s in build_steps(PipelineConfig.load(config))}
+    by_kind = {(kinds[n], script) for n, script in scripts.items()}
+    assert by_kind == {("data", "slurm/build_shards.sbatch"), ("data", "slurm/step.sbatch"),
+                       ("generate", "slurm/generate.sbatch"), ("train", "slurm/train.sbatch"), ("eval", "slurm/step.sbatch")}
+    for script in ("slurm/build_shards.sbatch", "slurm/generate.sbatch", "slurm/train.sbatch", "slurm/step.sbatch"):
+        assert f"`{script}`" in SECTION
+        assert 'mv "$FE_PIPELINE_MARKER.pending" "$FE_PIPELINE_MARKER"' in (REPO / script).read_text()
+
+
+def test_local_runs_training_under_torchrun_with_the_configs_ranks(tmp_path, capsys):
+    config = tiny(tmp_path)
+    assert main([str(config), "--local", "--dry-run", "--to", "stage1"]) == 0
+    lines = {line.split(": ", 1)[0]: shlex.split(line.split(": ", 1)[1]) for line in capsys.readouterr().out.splitlines()}
+    stage1 = lines["run stage1"]
+    assert stage1[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    assert stage1[7:12] == ["-m", "fe_train", "train", "--config", "configs/stage1_tiny.yaml"]
+    assert lines["run ser_cremad"][1:6] == ["-m", "fe_train.reproduce", "exec", "fe-shards", "build"]
+    assert not (tmp_path / "out" / ".pipeline" / "stage1.done").exists()
