@@ -109,9 +109,9 @@ def test_dry_run_chains_the_jobs_by_what_they_read(tmp_path, capsys):
     assert f"emotion.init_extractor={out}/runs/stage2a_tiny/export/emotion_extractor.safetensors" in stage2b
     assert "decoder.codebook=$CODEBOOK" in lines["sbatch stage3b"] and "decoder.n_units=16" in lines["sbatch stage3b"]
     build = lines["sbatch ser_iemocap"]
-    assert "--dependency" not in " ".join(build) and build[-8:] == [
+    assert "--dependency" not in " ".join(build) and build[-10:] == [
         "--array=0-0", "--cpus-per-task=2", "slurm/build_shards.sbatch", "iemocap", f"{tmp_path}/data/IEMOCAP_full_release",
-        f"{out}/shards/ser/iemocap", "--holdout", "session=Session5"]
+        f"{out}/shards/ser/iemocap", "--holdout", "session=Session5", "--max-count", "4"]
     assert lines["sbatch distill"][-7:] == ["slurm/generate.sbatch", "distill", f"{out}/shards/instructs2s/train",
                                             f"{out}/targets/distill", "--config", "configs/generate_tiny.yaml",
                                             "model.llm_path=.cache/pipeline_tiny/models/llm"]
@@ -210,9 +210,9 @@ def test_a_local_step_leaves_its_marker_only_when_it_succeeds(tmp_path):
     out = tmp_path / "out"
     marker = json.loads(marker_path(out, "ser_cremad").read_text())
     assert marker["command"] == ["fe-shards", "build", "--corpus", "cremad", "--root", f"{tmp_path}/data/CREMA-D",
-                                 "--out", f"{out}/shards/ser/cremad"]
+                                 "--out", f"{out}/shards/ser/cremad", "--max-count", "4"]
     index = json.loads((out / "shards/ser/cremad/train/index.json").read_text())
-    assert index["count"] == len(layout.clips) == 12
+    assert index["count"] == len(layout.clips) == 12 and max(s["count"] for s in index["shards"]) == 4
     again = subprocess.run([*run, "--only", "ser_cremad"], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and again.stdout.startswith("skip ser_cremad: finished"), again.stdout
     failed = subprocess.run([*run, "--only", "ser_iemocap"], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
