@@ -79,9 +79,9 @@ def test_each_training_step_names_its_paper_preset_paths_under_the_output_root()
                    if "=" in w and w.split("=", 1)[1].startswith(("/",) + PROJECT))
 
 
-def tiny(tmp_path: Path, **changes) -> Path:
+def tiny(tmp_path: Path, name: str = "pipeline.yaml", **changes) -> Path:
     tree = {**yaml.safe_load(TINY.read_text()), "out": str(tmp_path / "out"), "data": str(tmp_path / "data"), **changes}
-    path = tmp_path / "pipeline.yaml"
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(tree))
     return path
 
@@ -215,6 +215,12 @@ def test_a_local_step_leaves_its_marker_only_when_it_succeeds(tmp_path):
     assert index["count"] == len(layout.clips) == 12 and max(s["count"] for s in index["shards"]) == 4
     again = subprocess.run([*run, "--only", "ser_cremad"], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and again.stdout.startswith("skip ser_cremad: finished"), again.stdout
+    changed = tiny(tmp_path, "changed.yaml", ser=[{"corpus": "cremad", "root": "CREMA-D", "out": "shards/ser/cremad",
+                                   "args": ["--max-count", "6"]}])
+    rebuilt = subprocess.run([str(REPO / "slurm" / "reproduce.sh"), str(changed), "--local", "--only", "ser_cremad",
+                              "--rerun-changed"], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert rebuilt.returncode == 2 and f"{out}/shards/ser/cremad holds another build" in rebuilt.stderr, rebuilt.stderr
+    assert not marker_path(out, "ser_cremad").exists()  # the old marker went when the step started again
     failed = subprocess.run([*run, "--only", "ser_iemocap"], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert failed.returncode != 0 and "reproduce: step ser_iemocap failed with exit status" in failed.stderr
     assert not marker_path(out, "ser_iemocap").exists()
