@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fe_train.demo import free_port
 from fe_train.errors import UserError
 from fe_train.reproduce.markers import Marker, expected_markers, marker_dir, marker_path, read_digest
 from fe_train.reproduce.settings import PipelineConfig
@@ -92,14 +93,14 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def local_command(step: Step, command: list[str], cfg: PipelineConfig, port: int) -> list[str]:
+def local_command(step: Step, command: list[str], cfg: PipelineConfig) -> list[str]:
     """This shell's launcher: torchrun with ``cfg.ranks`` processes for training, generation and evaluation (what the
     sbatch scripts' srun starts), one process for data steps and ``infer``."""
     module = [sys.executable, "-m", "fe_train.reproduce", "exec"]
     if step.kind == "data" or step.name == "infer":
         return [*module, *command]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(cfg.ranks),
-                "--master_port", str(port), "-m", "fe_train"]
+                "--master_port", str(free_port()), "-m", "fe_train"]
     return [*torchrun, *command[1:]]
 
 
@@ -112,12 +113,12 @@ def fill_codebook(command: list[str], cfg: PipelineConfig) -> list[str]:
 
 def run_local(cfg: PipelineConfig, planned: list[Planned], dry_run: bool) -> int:
     marker_dir(cfg.out).mkdir(parents=True, exist_ok=True)
-    for n, item in enumerate(planned):
+    for item in planned:
         name = item.step.name
         if item.skip:
             print(f"skip {name}: finished ({marker_path(cfg.out, name)})", flush=True)
             continue
-        command = local_command(item.step, item.command, cfg, 29500 + n)
+        command = local_command(item.step, item.command, cfg)
         if dry_run:
             print(f"run {name}: {shlex.join(command)}", flush=True)
             continue
