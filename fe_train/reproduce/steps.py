@@ -121,8 +121,8 @@ def build_steps(cfg: PipelineConfig) -> list[Step]:
     if cfg.infer_wav:
         stage3b = _run(cfg, "stage3b")
         steps.append(Step("infer", 14, "eval", ("fe-train", "infer", "--ckpt", stage1, "--ckpt", _run(cfg, "stage2b"),
-                                                "--ckpt", stage3b, f"$DATA/{cfg.infer_wav}"),
-                          (stage1, _run(cfg, "stage2b"), stage3b), ()))
+                                                "--ckpt", stage3b, f"$DATA/{cfg.infer_wav}", "--out", "results/infer"),
+                          (stage1, _run(cfg, "stage2b"), stage3b), ("results/infer",)))
     return _with_deps(steps)
 
 
