@@ -30,11 +30,11 @@ PRESET = shipped("configs/stage1_tiny.yaml")
 
 def launch_command(nproc: int, config: Path, overrides: list[str]) -> list[str]:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", str(_free_port())]
+                "--master_port", str(free_port())]
     return [*torchrun, "-m", "fe_train", "train", "--config", str(config), *overrides]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:

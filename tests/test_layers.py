@@ -8,7 +8,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fe_train"
 LAYERS = (("errors", "__init__", "entry_point"), ("config", "launch"), ("data",), ("model",), ("tracking", "checkpoint"),
-          ("engine",), ("stages", "generate", "units", "release"), ("eval",), ("fixtures",), ("demo",), ("cli", "__main__"))
+          ("engine",), ("stages", "generate", "units", "release"), ("eval",), ("fixtures",), ("demo",),
+          ("cli", "__main__", "reproduce"))
 """Bottom to top: a module may import its own layer and those below."""
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
 
