@@ -21,7 +21,7 @@ demo: venv sysdeps
 	$(BIN)/fe-train demo --out demo_out
 
 test: venv sysdeps
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q --durations=40 -m "not slow" tests
 
 test-slow: venv sysdeps
 	$(BIN)/python -m pytest -q -m slow tests

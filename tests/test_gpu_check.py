@@ -11,12 +11,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, dist_env
 
 sys.path.insert(0, str(REPO / "bench"))
 from gpu_check import BF16_AGREEMENT, ITEMS  # noqa: E402
 
 
+@pytest.mark.slow  # slow tier: about 3.5 min of CPU here (the default tier keeps under 40 min)
 def test_gpu_check_dry_run_prints_every_item(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "bench/gpu_check.py", str(out), "--size", "tiny", "--work", str(tmp_path / "work"),
