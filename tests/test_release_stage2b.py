@@ -12,7 +12,6 @@ import json
 import math
 import shutil
 
-import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -36,7 +35,6 @@ def release_tensors(folder) -> dict[str, torch.Tensor]:
     return {k: v for name in sorted(set(index.values())) for k, v in read(folder / name).items()}
 
 
-@pytest.mark.slow  # slow tier: about 2.5 min here (the default tier keeps under 40 min)
 def test_stage2b_from_an_imported_release_trains_and_exports_back(ser_assets, tmp_path):
     torch.manual_seed(0)
     world_llm = ser_assets.whisper.parent / "llm"
