@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tarfile
+import threading
 from collections import Counter
 
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 import webdataset as wds
 
 from fe_train.data.collate import Collate
-from fe_train.data.pipeline import Example, ShardStream, build_loader, resolve_shards
+from fe_train.data.pipeline import Example, ShardStream, build_loader, resolve_shards, stream_positions
 from fe_train.data.plan import EpochPlan, Geometry
 from fe_train.data.schema import Meta
 from fe_train.data.sources import describe_sources, resolve_sources, shards_digest
@@ -73,6 +76,42 @@ def test_resume_continues_with_the_same_batches(shard_dir):
     for skip in (1, 2, 5):
         resumed = read_epoch(shards, world=2, workers=2, batch=3, epoch=4, skip=skip)
         assert resumed == [batches[skip:] for batches in full]
+
+
+def test_positions_come_in_plan_order_with_repeats_and_gaps(shard_dir):
+    url = resolve_shards(str(shard_dir))[0].url
+    keys = [raw["__key__"] if raw else None for raw in stream_positions(url, [5, 2, 5, 0, 99, 2])]
+    assert keys == ["clip-005", "clip-002", "clip-005", "clip-000", None, "clip-002"]
+
+
+def test_a_shard_is_streamed_not_read_whole_before_the_first_sample(tmp_path):
+    """The samples wanted first leave while the rest of the shard has not even been written (a FIFO)."""
+    url = resolve_shards(str(write_clips(tmp_path / "one", "clip", 40, 40)))[0].url
+    data = open(url, "rb").read()
+    with tarfile.open(url) as tar:
+        members = tar.getmembers()
+    cut = -(-(members[41].offset_data + members[41].size) // 512) * 512  # the end of sample 20 (2 members each)
+    fifo, rest_written = str(tmp_path / "shard.tar"), threading.Event()
+    os.mkfifo(fifo)
+
+    def writer():
+        with open(fifo, "wb") as stream:
+            stream.write(data[:cut])
+            stream.flush()
+            finished.wait(timeout=10)
+            rest_written.set()
+            stream.write(data[cut:])
+
+    finished = threading.Event()
+    thread = threading.Thread(target=writer)
+    thread.start()
+    samples = stream_positions(fifo, [1, 0, 3, 30])
+    early = [(next(samples)["__key__"], rest_written.is_set()) for _ in range(3)]
+    finished.set()
+    last = next(samples)["__key__"]
+    thread.join()
+    assert early == [("clip-001", False), ("clip-000", False), ("clip-003", False)]
+    assert last == "clip-030"
 
 
 def test_pattern_that_matches_nothing(tmp_path):

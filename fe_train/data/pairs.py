@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fe_train.config import EMOTIONS
-from fe_train.data.pipeline import RawSample, ShardStream, iter_shard, read_positions, shard_runs
+from fe_train.data.pipeline import RawSample, ShardStream, iter_shard, shard_runs, stream_positions
 from fe_train.data.plan import Shard, Span
 from fe_train.data.schema import Meta, SampleError
 from fe_train.errors import UserError
@@ -146,9 +146,7 @@ class PairStream(ShardStream):
             count, url = self.ser_shards[shard].count, self.ser_shards[shard].url
             order = self.plan.sample_order(shard)
             entries = [self.layout.entry(count, int(order[pos])) for span in run for pos in range(span.start, span.stop)]
-            found = read_positions(url, {position for position, _ in entries})
-            for position, role in entries:
-                raw = found.get(position)
+            for (_, role), raw in zip(entries, stream_positions(url, [position for position, _ in entries])):
                 if raw is None:
                     yield url, SampleError("missing_in_shard", url)
                 else:

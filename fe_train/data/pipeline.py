@@ -185,20 +185,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         raise UserError("no usable sample in the shards to pad a micro-batch with")
 
     def _samples(self, spans: list[Span]) -> Iterator[tuple[str, RawSample | SampleError]]:
-        """(shard url, sample) at ``spans`` in plan order; each shard is read once per run of spans.
+        """(shard url, sample) at ``spans`` in plan order; each shard is read once per run of spans, streamed.
 
         A sample the shard does not deliver (a truncated tar) comes as a ``SampleError``.
         """
         for run in shard_runs(spans):
             shard = run[0].shard
             order = self.plan.sample_order(shard)
-            wanted = [int(order[pos]) for span in run for pos in range(span.start, span.stop)]
             url = self.shards[shard].url
-            found = read_positions(url, set(wanted))
-            uses = Counter(wanted)  # a weight above 1 plans a sample more than once: dropped after its last use
-            for position in wanted:
-                uses[position] -= 1
-                raw = found.get(position) if uses[position] else found.pop(position, None)
+            wanted = [int(order[pos]) for span in run for pos in range(span.start, span.stop)]
+            for raw in stream_positions(url, wanted):
                 yield url, raw if raw is not None else SampleError("missing_in_shard", url)
 
 
@@ -213,18 +209,35 @@ def shard_runs(spans: list[Span]) -> list[list[Span]]:
     return runs
 
 
-def read_positions(url: str, needed: set[int]) -> dict[int, RawSample]:
-    """The samples at file positions ``needed`` of a shard, reading it once up to the last one."""
-    found: dict[int, RawSample] = {}
+def stream_positions(url: str, wanted: list[int]) -> Iterator[RawSample | None]:
+    """The samples at file positions ``wanted`` of a shard, in that order, each as soon as the shard is read up to it.
+
+    One pass over the shard: a sample read before its turn waits in memory until then (and until its last use, for a
+    position wanted more than once); a sample no position wants is never kept, and reading stops after the last one
+    wanted. So the first micro-batch leaves as soon as its samples are read, not after the whole shard. A position
+    the shard does not deliver (a truncated or missing tar) comes as None.
+    """
+    uses = Counter(wanted)
+    held: dict[int, RawSample] = {}
+    turn = 0
+
+    def release(position: int) -> RawSample | None:
+        uses[position] -= 1
+        return held.get(position) if uses[position] else held.pop(position, None)
+
     try:
         for position, raw in iter_shard(url):
-            if position in needed:
-                found[position] = raw
-                if len(found) == len(needed):
-                    break
+            if position in uses:
+                held[position] = raw
+            while turn < len(wanted) and wanted[turn] in held:
+                turn += 1
+                yield release(wanted[turn - 1])
+            if turn == len(wanted):
+                return
     except OSError:
         pass
-    return found
+    for position in wanted[turn:]:
+        yield release(position)
 
 
 MIDRUN_WORKERS = 0
