@@ -113,6 +113,30 @@ class KeysLog:
             stream.write(json.dumps(record) + "\n")
 
 
+class NonfiniteGuard:
+    """Drops a micro-batch whose loss is non-finite on any rank, without stopping the host to ask.
+
+    ``check(loss)`` sums the micro-batch's non-finite flag over ranks on the device (queued like any collective;
+    the host does not wait for it) and returns it; until the next check, a hook on every trainable parameter
+    replaces its gradient by zeros when that sum is not 0, before DeepSpeed accumulates and reduces it. Every rank
+    still runs the backward, so the collectives of ZeRO-3's backward stay matched. The caller reads the flags
+    later, once per window.
+    """
+
+    def __init__(self, parameters, device: torch.device):
+        self.keep = torch.ones((), dtype=torch.bool, device=device)
+        self.device = device
+        self.hooks = [p.register_hook(self._mask) for p in parameters if p.requires_grad]
+
+    def _mask(self, grad: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.keep, grad, torch.zeros_like(grad))
+
+    def check(self, loss: torch.Tensor) -> torch.Tensor:
+        bad = all_reduce_sum((~torch.isfinite(loss.detach()).all()).to(torch.float64).reshape(1).to(self.device))
+        self.keep = bad[0] == 0
+        return bad
+
+
 class Trainer:
     def __init__(self, engine, stream: ShardStream, eval_stream: ShardStream | None, cfg: Config, launch, device,
                  tracker: Tracker, store: CheckpointStore, state: TrainerState, shards_digest: str,
@@ -129,6 +153,7 @@ class Trainer:
         self.skipped_shards: Counter[str] = Counter()
         preemption.install(cfg.run.checkpoint_signals)
         self.nonfinite_run = 0
+        self.guard = NonfiniteGuard(engine.module.parameters(), device)
         self._plan: EpochPlan | None = None
         self.keys_log = KeysLog(Path(cfg.run.output_dir) / "keys" / f"rank{launch.rank:05d}.jsonl" if cfg.run.log_keys else None)
 
@@ -184,46 +209,48 @@ class Trainer:
         window) times the data-parallel world size, which DeepSpeed's gradient averaging over ranks divides
         out again: the step's gradient is that of the mean over every labelled token of the global batch,
         however the batch is cut into micro-batches and ranks. A micro-batch whose loss is non-finite on any
-        rank is dropped on every rank (no backward): its tokens count as zero loss in the window. The engine
-        still counts it, so that its accumulation boundary stays the window's end; a window with no good
-        micro-batch takes no optimizer step and does not count as one.
+        rank is dropped on every rank: ``NonfiniteGuard`` zeroes its gradient on the device, so its tokens count
+        as zero loss in the window, and nothing waits on the host between a forward and its backward. The host
+        reads the window's flags (and the checkpoint signal) once, before the boundary's optimizer step; a window
+        with no good micro-batch steps at learning rate 0 (``_step_without_update``) and does not count as a step.
         """
         counts = torch.stack([self.engine.module.loss_counts(batch) for batch in window]).sum(dim=0)  # (n_terms,)
         world = self.launch.world_size
         norm = (all_reduce_sum(counts.to(self.device)).clamp(min=1) / world).float()
-        good, stepped, stop = [], False, False
-        for batch in window:
+        flags, outs = [], []
+        for index, batch in enumerate(window):
             out = self.engine(to_device(batch, self.device, non_blocking=True), loss_norm=norm)
-            nonfinite, stop = self._agree(out["loss"])
-            if nonfinite:
-                self._skip_nonfinite()
-                continue
-            self.nonfinite_run = 0
+            flags.append(self.guard.check(out["loss"]))
             self.engine.backward(out["loss"], scale_wrt_gas=False)
-            stepped = self.engine.is_gradient_accumulation_boundary()
-            self.engine.step()
-            meter.add(out, batch)
-            good.append(batch)
-        if good and len(good) < len(window):
-            for _ in range(len(window) - len(good) - 1):
+            outs.append({key: out[key].detach() for key in ("loss_sums", "loss_counts", "n_correct")})
+            if index < len(window) - 1:
                 self.engine.step()
-            # NOTE(deepspeed): ZeRO-3 completes a window's gradients (e.g. offloads them to the optimizer) in the
-            # boundary micro-batch's backward, so the boundary gets one: a zero-weighted rerun of a good micro-batch.
-            out = self.engine(to_device(good[-1], self.device, non_blocking=True), loss_norm=norm)
-            self.engine.backward(out["loss"] * 0.0, scale_wrt_gas=False)
-            stepped = self.engine.is_gradient_accumulation_boundary()
+        signal = all_reduce_sum(torch.tensor([float(preemption.requested())], dtype=torch.float64, device=self.device))
+        *dropped, stop = torch.cat([*flags, signal]).tolist()  # the window's one host sync
+        for out, batch, bad in zip(outs, window, dropped):
+            if bad:
+                self._skip_nonfinite()
+            else:
+                self.nonfinite_run = 0
+                meter.add(out, batch)
+        stepped = not all(dropped) and self.engine.is_gradient_accumulation_boundary()
+        if all(dropped):
+            self._step_without_update()
+        else:
             self.engine.step()
-        return stepped, stop
+        return stepped, stop > 0
 
-    def _agree(self, loss: torch.Tensor) -> tuple[bool, bool]:
-        """(any rank's loss is non-finite, any rank got a checkpoint signal): one tiny all-reduce per micro-batch."""
-        flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0, float(preemption.requested())], device=self.device)
-        nonfinite, stop = all_reduce_sum(flags).tolist()
-        return nonfinite > 0, stop > 0
+    def _step_without_update(self) -> None:
+        """Close a window whose every micro-batch was dropped: ZeRO-3 finished its (zeroed) gradients in the
+        boundary's backward, so the optimizer steps, at learning rate 0: the weights stay as they were (the
+        optimizer's moments decay by one step); the scheduler sets the next step's rate as usual."""
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = 0.0
+        self.engine.step()
 
     def _skip_nonfinite(self) -> None:
-        """Every rank drops the micro-batch (no backward: its tokens count as zero loss in its window); too many in a
-        row stops the run."""
+        """Count a micro-batch every rank dropped (its gradient zeroed: its tokens count as zero loss in its window);
+        too many in a row stops the run."""
         self.state.nonfinite_skipped += 1
         self.nonfinite_run += 1
         log.warning("non-finite loss at step %d: micro-batch skipped on every rank (%d in a row, %d in all)",
