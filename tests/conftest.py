@@ -225,6 +225,27 @@ def ser_assets():
     return SerAssets(build_world("ser_assets"))
 
 
+@pytest.fixture(scope="module")
+def slurm_clusters():
+    """Real Slurm for the module (tests/slurm_harness.py): ``.get("local")`` (one node) or ``.get("two_nodes")``,
+    started on first use; missing Slurm or munge skips, or fails under CI."""
+    import slurm_harness
+
+    reason = slurm_harness.unavailable()
+    if reason:
+        skip_or_fail(reason)
+    slurm_harness.clean_leftovers()
+    clusters = slurm_harness.Clusters()
+    yield clusters
+    clusters.stop()
+
+
+@pytest.fixture(scope="module")
+def local_slurm(slurm_clusters):
+    """A real one-node Slurm for the module."""
+    return slurm_clusters.get("local")
+
+
 def stage1_overrides(assets, out_dir: Path, **extra) -> list[str]:
     values = {
         "model.encoder_path": assets.whisper, "model.llm_path": assets.llm,

@@ -10,10 +10,9 @@ import json
 import sys
 
 import pytest
-import slurm_harness
 from test_generate_distributed import CONFIG, SAMPLED, part_lines, write_manifest
 
-from conftest import REPO, dist_env, skip_or_fail
+from conftest import REPO, dist_env
 from fe_train.generate.parts import PartStore
 
 pytestmark = pytest.mark.slurm
@@ -23,51 +22,40 @@ JOB_TIMEOUT_S = 900
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    reason = slurm_harness.unavailable()
-    if reason:
-        skip_or_fail(reason)
-    slurm_harness.clean_leftovers()
-    clusters = slurm_harness.Clusters()
-    yield clusters.get("local")
-    clusters.stop()
-
-
-@pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     return write_manifest(tmp_path_factory.mktemp("manifest") / "instructions.jsonl")
 
 
-def submit(cluster, assets, manifest, tmp) -> tuple[str, object]:
+def submit(local_slurm, assets, manifest, tmp) -> tuple[str, object]:
     out = tmp / "replies"
     tmp.mkdir(parents=True, exist_ok=True)  # for the batch log
     # A part per key: the job is still generating when the signal comes, however fast the machine.
     overrides = [f"model.llm_path={assets.llm}", "generate.batch_size=1", *(f"{k}={v}" for k, v in SAMPLED.items())]
     args = [*CPU, f"--output={tmp}/batch-%j.out", "slurm/generate.sbatch", "distill", str(manifest), str(out),
             "--config", CONFIG, *overrides]
-    job_id = cluster.sbatch(args, dist_env(FE_PYTHON=sys.executable), cwd=REPO)
+    job_id = local_slurm.sbatch(args, dist_env(FE_PYTHON=sys.executable), cwd=REPO)
     return job_id, out
 
 
-def describe(cluster, job_id, tmp) -> str:
+def describe(local_slurm, job_id, tmp) -> str:
     log = tmp / f"batch-{job_id}.out"
-    return f"{cluster.job(job_id)}\n{log.read_text()[-3000:] if log.is_file() else '(no batch log)'}\n{cluster.daemon_logs()}"
+    return f"{local_slurm.job(job_id)}\n{log.read_text()[-3000:] if log.is_file() else '(no batch log)'}\n{local_slurm.daemon_logs()}"
 
 
-def test_preempted_generate_job_requeues_and_matches(cluster, assets, manifest, tmp_path):
-    ref_id, ref_out = submit(cluster, assets, manifest, tmp_path / "reference")
-    info = cluster.wait_done(ref_id, JOB_TIMEOUT_S)
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), describe(cluster, ref_id, tmp_path / "reference")
+def test_preempted_generate_job_requeues_and_matches(local_slurm, assets, manifest, tmp_path):
+    ref_id, ref_out = submit(local_slurm, assets, manifest, tmp_path / "reference")
+    info = local_slurm.wait_done(ref_id, JOB_TIMEOUT_S)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), describe(local_slurm, ref_id, tmp_path / "reference")
     reference = {r["key"]: r for r in part_lines(ref_out)}
     assert len(reference) == 192
 
     tmp = tmp_path / "preempted"
-    job_id, out = submit(cluster, assets, manifest, tmp)
-    cluster.wait_job(job_id, lambda i: len(PartStore(out).parts()) >= 4, JOB_TIMEOUT_S, "4 parts")
-    cluster.cmd("scancel", "--batch", "--signal=USR1", job_id)  # as --signal=B:USR1@s does before the time limit
-    cluster.wait_job(job_id, lambda i: int(i["Restarts"]) >= 1, JOB_TIMEOUT_S, "a requeue")
-    info = cluster.wait_done(job_id, JOB_TIMEOUT_S)
-    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), describe(cluster, job_id, tmp)
+    job_id, out = submit(local_slurm, assets, manifest, tmp)
+    local_slurm.wait_job(job_id, lambda i: len(PartStore(out).parts()) >= 4, JOB_TIMEOUT_S, "4 parts")
+    local_slurm.cmd("scancel", "--batch", "--signal=USR1", job_id)  # as --signal=B:USR1@s does before the time limit
+    local_slurm.wait_job(job_id, lambda i: int(i["Restarts"]) >= 1, JOB_TIMEOUT_S, "a requeue")
+    info = local_slurm.wait_done(job_id, JOB_TIMEOUT_S)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), describe(local_slurm, job_id, tmp)
     log = (tmp / f"batch-{job_id}.out").read_text()
     assert "generate.sbatch: SIGUSR1: requeueing job" in log
     assert "generate.sbatch: finished: generate distill: 192/192 keys have a reply" in log, log

@@ -12,9 +12,8 @@ import sys
 import pytest
 import yaml
 from pipeline_world import instructs2s
-from slurm_harness import SlurmCluster, clean_leftovers, unavailable
 
-from conftest import REPO, dist_env, skip_or_fail
+from conftest import REPO, dist_env
 from fe_train.fixtures import ser_layouts
 from fe_train.fixtures.layouts import Recorder
 from fe_train.reproduce.markers import marker_path
@@ -23,18 +22,7 @@ pytestmark = pytest.mark.slurm
 JOB_TIMEOUT_S = 300
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    reason = unavailable()
-    if reason:
-        skip_or_fail(reason)
-    clean_leftovers()
-    cluster = SlurmCluster.local().start()
-    yield cluster
-    cluster.stop()
-
-
-def test_jobs_chain_write_their_markers_and_a_rerun_after_cancel_skips_the_finished(cluster, tmp_path):
+def test_jobs_chain_write_their_markers_and_a_rerun_after_cancel_skips_the_finished(local_slurm, tmp_path):
     recorder = Recorder()
     instructs2s(tmp_path / "data" / "InstructS2S-200K", recorder)
     ser_layouts.cremad(tmp_path / "data" / "CREMA-D", recorder)
@@ -44,7 +32,7 @@ def test_jobs_chain_write_their_markers_and_a_rerun_after_cancel_skips_the_finis
                 sbatch={"data": ["--cpus-per-task=1"]})
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tree))
-    env = cluster.env(dist_env(PYTHON=sys.executable, FE_PYTHON=sys.executable))
+    env = local_slurm.env(dist_env(PYTHON=sys.executable, FE_PYTHON=sys.executable))
     command = [str(REPO / "slurm" / "reproduce.sh"), str(config), "--to", "ser_cremad"]
     out = tmp_path / "out"
 
@@ -52,14 +40,14 @@ def test_jobs_chain_write_their_markers_and_a_rerun_after_cancel_skips_the_finis
     assert first.returncode == 0, first.stderr
     jobs = dict(line.removeprefix("submitted ").split(": job ") for line in first.stdout.splitlines())
     assert list(jobs) == ["instructs2s", "verify", "ser_cremad"]
-    assert cluster.job(jobs["verify"])["Dependency"].startswith(f"afterok:{jobs['instructs2s']}")
-    cluster.cmd("scancel", jobs["verify"])  # cancelled while it waits for the build: the pipeline killed mid-way
+    assert local_slurm.job(jobs["verify"])["Dependency"].startswith(f"afterok:{jobs['instructs2s']}")
+    local_slurm.cmd("scancel", jobs["verify"])  # cancelled while it waits for the build: the pipeline killed mid-way
     for step in ("instructs2s", "ser_cremad"):
-        info = cluster.wait_done(jobs[step], JOB_TIMEOUT_S)
-        assert info["JobState"] == "COMPLETED", (step, info, cluster.daemon_logs())
+        info = local_slurm.wait_done(jobs[step], JOB_TIMEOUT_S)
+        assert info["JobState"] == "COMPLETED", (step, info, local_slurm.daemon_logs())
         marker = json.loads(marker_path(out, step).read_text())
         assert marker["step"] == step and marker["command"][:2] == ["fe-shards", "build"]
-    assert cluster.wait_done(jobs["verify"], 60)["JobState"] == "CANCELLED"
+    assert local_slurm.wait_done(jobs["verify"], 60)["JobState"] == "CANCELLED"
     assert not marker_path(out, "verify").exists() and (out / ".pipeline" / "verify.done.pending").exists()
 
     again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -68,8 +56,8 @@ def test_jobs_chain_write_their_markers_and_a_rerun_after_cancel_skips_the_finis
     assert lines[0] == f"skip instructs2s: finished ({marker_path(out, 'instructs2s')})"
     assert lines[2] == f"skip ser_cremad: finished ({marker_path(out, 'ser_cremad')})"
     verify = lines[1].removeprefix("submitted verify: job ")
-    assert cluster.job(verify).get("Dependency") in ("(null)", "", None)
-    assert cluster.wait_done(verify, JOB_TIMEOUT_S)["JobState"] == "COMPLETED", cluster.daemon_logs()
+    assert local_slurm.job(verify).get("Dependency") in ("(null)", "", None)
+    assert local_slurm.wait_done(verify, JOB_TIMEOUT_S)["JobState"] == "COMPLETED", local_slurm.daemon_logs()
     marker = json.loads(marker_path(out, "verify").read_text())
     assert marker["command"] == ["fe-shards", "verify", f"{out}/shards/instructs2s/train"]
     log = (out / ".pipeline" / "logs" / f"verify-{verify}.out").read_text()

@@ -17,10 +17,9 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from slurm_harness import SlurmCluster, clean_leftovers, unavailable
 from test_reproduce_tiny import run_pipeline, tiny_config
 
-from conftest import REPO, dist_env, skip_or_fail
+from conftest import REPO, dist_env
 from fe_train.config import EMOTIONS
 from fe_train.reproduce.markers import marker_path
 from fe_train.reproduce.settings import PipelineConfig
@@ -32,21 +31,10 @@ CPU_JOBS = ["--cpus-per-task=1", "--gpus-per-node=0"]
 """The local node has two CPUs and no GPU: every job asks for one CPU per task and no GPU."""
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    reason = unavailable()
-    if reason:
-        skip_or_fail(reason)
-    clean_leftovers()
-    cluster = SlurmCluster.local().start()
-    yield cluster
-    cluster.stop()
-
-
-def submit(cluster, config) -> dict[str, str]:
+def submit(local_slurm, config) -> dict[str, str]:
     """{step: job id} of the steps submitted (finished ones are skipped)."""
     proc = subprocess.run([str(REPO / "slurm" / "reproduce.sh"), str(config)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env=cluster.env(dist_env(PYTHON=sys.executable, FE_PYTHON=sys.executable)))
+                          text=True, timeout=300, env=local_slurm.env(dist_env(PYTHON=sys.executable, FE_PYTHON=sys.executable)))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return dict(line.removeprefix("submitted ").split(": job ") for line in proc.stdout.splitlines()
                 if line.startswith("submitted "))
@@ -56,7 +44,7 @@ def exports(out) -> dict[str, dict[str, torch.Tensor]]:
     return {str(path.relative_to(out)): load_file(str(path)) for path in sorted(out.glob("runs/*/export/**/*.safetensors"))}
 
 
-def test_whole_recipe_on_slurm_killed_and_rerun_ends_with_the_exports_of_an_uninterrupted_run(cluster, assets, tmp_path):
+def test_whole_recipe_on_slurm_killed_and_rerun_ends_with_the_exports_of_an_uninterrupted_run(local_slurm, assets, tmp_path):
     reference = tiny_config(tmp_path / "local", assets.root, {})
     assert run_pipeline(reference, "--local").returncode == 0
     config = tiny_config(tmp_path / "slurm", assets.root, {})
@@ -65,19 +53,19 @@ def test_whole_recipe_on_slurm_killed_and_rerun_ends_with_the_exports_of_an_unin
     cfg = PipelineConfig.load(config)
     steps = [s.name for s in build_steps(cfg)]
 
-    first = submit(cluster, config)
+    first = submit(local_slurm, config)
     assert list(first) == steps
-    assert cluster.wait_done(first["stage1"], JOB_TIMEOUT_S)["JobState"] == "COMPLETED", cluster.daemon_logs()
+    assert local_slurm.wait_done(first["stage1"], JOB_TIMEOUT_S)["JobState"] == "COMPLETED", local_slurm.daemon_logs()
     for step, job in first.items():  # the pipeline killed: every job not yet finished is cancelled
         if not marker_path(cfg.out, step).is_file():
-            cluster.cmd("scancel", job, check=False)
+            local_slurm.cmd("scancel", job, check=False)
     finished = [s for s in steps if marker_path(cfg.out, s).is_file()]
     assert "stage1" in finished and len(finished) < len(steps)
 
-    second = submit(cluster, config)
+    second = submit(local_slurm, config)
     assert list(second) == [s for s in steps if s not in finished]
-    info = cluster.wait_done(second["infer"], JOB_TIMEOUT_S)
-    assert info["JobState"] == "COMPLETED", (info, cluster.daemon_logs())
+    info = local_slurm.wait_done(second["infer"], JOB_TIMEOUT_S)
+    assert info["JobState"] == "COMPLETED", (info, local_slurm.daemon_logs())
     assert all(marker_path(cfg.out, s).is_file() for s in steps)
     log = (cfg.out / ".pipeline" / "logs" / f"infer-{second['infer']}.out").read_text()
     emotion, units = re.search(r"^emotion: (\w+)$", log, re.M), re.search(r"^units: (\d+)$", log, re.M)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from slurm_harness import Clusters, SlurmCluster, clean_leftovers, unavailable
+from slurm_harness import SlurmCluster
 
-from conftest import REPO, dist_env, skip_or_fail, stage1_overrides
+from conftest import REPO, dist_env, stage1_overrides
 from fe_train.config import Config
 from fe_train.data.pipeline import resolve_shards
 from fe_train.data.plan import EpochPlan, Geometry
@@ -36,17 +36,6 @@ ONE_NODE = ["--ntasks-per-node=2", *CPU]
 TWO_NODES = ["--nodes=2", "--ntasks-per-node=1", *CPU]
 JOB_TIMEOUT_S = 600
 RECORD = re.compile(r"rank (\d+)/(\d+) \(local \d+/\d+\) on (\S+) \((\S*)\) via (\w+), master (\S+):(\d+)")
-
-
-@pytest.fixture(scope="module")
-def clusters():
-    reason = unavailable()
-    if reason:
-        skip_or_fail(reason)
-    clean_leftovers()
-    clusters = Clusters()
-    yield clusters
-    clusters.stop()
 
 
 @dataclass
@@ -155,9 +144,9 @@ def preempt(job: Job, after_step: int, to_batch_shell: bool) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(clusters, assets, tmp_path_factory):
+def reference(slurm_clusters, assets, tmp_path_factory):
     """An uninterrupted 2-task job on one node."""
-    job = submit(clusters.get("local"), assets, tmp_path_factory.mktemp("slurm-reference"), ONE_NODE)
+    job = submit(slurm_clusters.get("local"), assets, tmp_path_factory.mktemp("slurm-reference"), ONE_NODE)
     job.wait_done()
     return job
 
@@ -171,8 +160,8 @@ def test_sbatch_trains_two_ranks_on_one_node(reference, assets):
                                    ("1", "2", node, addr, "slurm", node, port)]
 
 
-def test_preempted_job_checkpoints_requeues_and_resumes(clusters, reference, assets, tmp_path):
-    job = submit(clusters.get("local"), assets, tmp_path, ONE_NODE)
+def test_preempted_job_checkpoints_requeues_and_resumes(slurm_clusters, reference, assets, tmp_path):
+    job = submit(slurm_clusters.get("local"), assets, tmp_path, ONE_NODE)
     saved = preempt(job, after_step=10, to_batch_shell=True)
     total = expected_steps(assets)
     assert_finished(job, total, restarts=1)
@@ -184,12 +173,12 @@ def test_preempted_job_checkpoints_requeues_and_resumes(clusters, reference, ass
     assert_same_losses(job, reference)
 
 
-def test_sbatch_trains_across_two_nodes(clusters, reference, assets, tmp_path):
+def test_sbatch_trains_across_two_nodes(slurm_clusters, reference, assets, tmp_path):
     """... with the site's environment hook (FE_TRAIN_ENV) sourced in the batch shell and on each node before its rank."""
     hook, sourced = tmp_path / "site_env.sh", tmp_path / "sourced.log"
     hook.write_text(f'echo "${{SLURMD_NODENAME}} step=${{SLURM_STEP_ID:-}} rank=${{SLURM_PROCID:-}}" >> {sourced}\n'
                     'export FE_SITE_HOOK=1\n')
-    job = submit(clusters.get("two_nodes"), assets, tmp_path, TWO_NODES, env_extra={"FE_TRAIN_ENV": str(hook)})
+    job = submit(slurm_clusters.get("two_nodes"), assets, tmp_path, TWO_NODES, env_extra={"FE_TRAIN_ENV": str(hook)})
     assert_finished(job, expected_steps(assets), restarts=0)
     port = str(slurm_port(job.id))
     assert job.records() == [("0", "2", "node1", "10.77.0.11", "slurm", "node1", port),
@@ -201,10 +190,10 @@ def test_sbatch_trains_across_two_nodes(clusters, reference, assets, tmp_path):
     assert len(lines) == 3, lines  # and once in the batch shell
 
 
-def test_killed_rank_ends_the_job(clusters, assets, tmp_path):
+def test_killed_rank_ends_the_job(slurm_clusters, assets, tmp_path):
     """srun --kill-on-bad-exit ends the job when a rank dies, long before the collectives' timeout could."""
     timeout_s = 300
-    job = submit(clusters.get("two_nodes"), assets, tmp_path, TWO_NODES, **{"engine.timeout_s": timeout_s})
+    job = submit(slurm_clusters.get("two_nodes"), assets, tmp_path, TWO_NODES, **{"engine.timeout_s": timeout_s})
     job.wait_step(3)
     os.kill(rank_pid(job.id, rank=1), signal.SIGKILL)
     killed = time.monotonic()
@@ -219,10 +208,10 @@ def test_killed_rank_ends_the_job(clusters, assets, tmp_path):
 
 
 @pytest.mark.slow
-def test_stopped_rank_fails_the_collectives_after_the_timeout(clusters, assets, tmp_path):
+def test_stopped_rank_fails_the_collectives_after_the_timeout(slurm_clusters, assets, tmp_path):
     """A rank that hangs (SIGSTOP) instead of dying: the other rank's collective fails after engine.timeout_s."""
     timeout_s = 20
-    job = submit(clusters.get("two_nodes"), assets, tmp_path, TWO_NODES, **{"engine.timeout_s": timeout_s})
+    job = submit(slurm_clusters.get("two_nodes"), assets, tmp_path, TWO_NODES, **{"engine.timeout_s": timeout_s})
     job.wait_step(3)
     os.kill(rank_pid(job.id, rank=1), signal.SIGSTOP)
     stopped = time.monotonic()
@@ -235,9 +224,9 @@ def test_stopped_rank_fails_the_collectives_after_the_timeout(clusters, assets, 
 
 
 @pytest.mark.slow
-def test_preempted_job_resumes_twice_across_two_nodes(clusters, reference, assets, tmp_path):
+def test_preempted_job_resumes_twice_across_two_nodes(slurm_clusters, reference, assets, tmp_path):
     """The direct path (scancel --signal=USR1 reaches the ranks), then the batch shell's."""
-    job = submit(clusters.get("two_nodes"), assets, tmp_path, TWO_NODES)
+    job = submit(slurm_clusters.get("two_nodes"), assets, tmp_path, TWO_NODES)
     first = preempt(job, after_step=10, to_batch_shell=False)
     second = preempt(job, after_step=first + 10, to_batch_shell=True)
     total = expected_steps(assets)
