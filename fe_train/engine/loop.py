@@ -129,7 +129,7 @@ class NonfiniteGuard:
         self.hooks = [p.register_hook(self._mask) for p in parameters if p.requires_grad]
 
     def _mask(self, grad: torch.Tensor) -> torch.Tensor:
-        return torch.where(self.keep, grad, torch.zeros_like(grad))
+        return torch.where(self.keep, grad, 0.0)
 
     def check(self, loss: torch.Tensor) -> torch.Tensor:
         bad = all_reduce_sum((~torch.isfinite(loss.detach()).all()).to(torch.float64).reshape(1).to(self.device))
