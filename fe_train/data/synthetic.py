@@ -10,9 +10,13 @@ espeak-ng, which the test set-up installs).
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import zlib
+from collections import deque
+from collections.abc import Hashable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,6 +106,26 @@ def speak(text: str, voice: Voice, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.n
     wav = subprocess.run(cmd, check=True, capture_output=True).stdout
     wave, rate = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
     return resample(wave.mean(axis=1), rate, sample_rate_hz)
+
+
+def speak_each(items: Iterable[tuple[Hashable, str, Voice]], sample_rate_hz: int = SAMPLE_RATE_HZ,
+               workers: int | None = None) -> Iterator[tuple[Hashable, np.ndarray]]:
+    """``(tag, speak(text, voice))`` for each ``(tag, text, voice)`` of ``items``, in their order.
+
+    ``workers`` espeak-ng processes render at once (default: the CPUs this process may use), reading at most four
+    items per worker ahead of the consumer; the speech is the same as one ``speak`` after another.
+    """
+    workers = workers or len(os.sched_getaffinity(0))
+    with ThreadPoolExecutor(workers, thread_name_prefix="espeak") as pool:
+        pending: deque = deque()
+        for tag, text, voice in items:
+            pending.append((tag, pool.submit(speak, text, voice, sample_rate_hz)))
+            if len(pending) >= 4 * workers:
+                tag, wave = pending.popleft()
+                yield tag, wave.result()
+        while pending:
+            tag, wave = pending.popleft()
+            yield tag, wave.result()
 
 
 def coded_tones(text: str, voice: Voice, sample_rate_hz: int) -> np.ndarray:

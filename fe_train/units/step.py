@@ -6,7 +6,7 @@ training shards; ``make_units`` writes the units of every sample's reply, as
 "reply_digest"}`` and ``manifest.json`` (the codebook, the tokenizer, the voice,
 counts, and the samples skipped, by reason with example keys). A sample is never
 dropped silently: one without a reply, a JSON record or any speech is counted.
-The TTS is the built-in espeak-ng voice (``fe_train.data.synthetic.speak``).
+The TTS is the built-in espeak-ng voice, several replies rendered at once (``fe_train.data.synthetic.speak_each``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from fe_train.data.pipeline import iter_shard
 from fe_train.data.plan import Shard
 from fe_train.data.schema import META_EXT, Meta, SampleError, text_digest
 from fe_train.data.stats import Skips
-from fe_train.data.synthetic import Voice, speak
+from fe_train.data.synthetic import Voice, speak_each
 from fe_train.data.units import MANIFEST_NAME, REPLY_DIGEST
 from fe_train.data.writer import atomic_write
 from fe_train.errors import UserError
@@ -82,8 +82,8 @@ def fit_codebook(replies: Replies, k: int, voice: Voice, seed: int = 0, settings
                  progress: bool | None = None) -> KMeansUnits:
     """The built-in tokenizer fitted on ``replies`` spoken by ``voice``."""
     frames, features, speech_s = LogMelFrames(settings), [], 0.0
-    for _, reply in progress_bar("speak replies", "reply", progress, iterable=replies):
-        wave = speak(reply, voice, settings.sample_rate_hz)
+    said = ((reply, reply, voice) for _, reply in progress_bar("speak replies", "reply", progress, iterable=replies))
+    for _, wave in speak_each(said, settings.sample_rate_hz):
         speech_s += len(wave) / settings.sample_rate_hz
         features.append(frames(wave))
     fitted_on = {"shards": replies.source, "shard_count": len(replies.shards), "replies": len(features),
@@ -137,8 +137,10 @@ def make_units(replies: Replies, tokenizer: SpeechTokenizer, out_dir: str | Path
     try:
         with open(tmp, "w") as stream:
             batch: list[tuple[str, str, np.ndarray]] = []
-            for key, reply in progress_bar("speak and tokenize replies", "reply", progress, iterable=replies):
-                batch.append((key, reply, speak(reply, voice, tokenizer.sample_rate_hz)))
+            said = (((key, reply), reply, voice)
+                    for key, reply in progress_bar("speak and tokenize replies", "reply", progress, iterable=replies))
+            for (key, reply), wave in speak_each(said, tokenizer.sample_rate_hz):
+                batch.append((key, reply, wave))
                 if len(batch) == BATCH:
                     _write_batch(batch, tokenizer, stream, manifest, replies.skips)
                     batch = []
