@@ -105,7 +105,8 @@ def test_dry_run_chains_the_jobs_by_what_they_read(tmp_path, capsys):
     assert stage2b[0] == f"FE_PIPELINE_MARKER={out}/.pipeline/stage2b.done"
     assert stage2b[1:6] == ["sbatch", "--parsable", "--job-name=fe-stage2b", f"--output={out}/.pipeline/logs/stage2b-%j.out",
                             "--dependency=afterok:<ser_iemocap>:<ser_cremad>:<join_train_empathy>:<stage1>:<stage2a>"]
-    assert stage2b[6:9] == ["--ntasks-per-node=2", "slurm/train.sbatch", "configs/stage2b_tiny.yaml"]
+    assert stage2b[6] == "--kill-on-invalid-dep=yes"  # a step whose upstream failed is cancelled, not left pending
+    assert stage2b[7:10] == ["--ntasks-per-node=2", "slurm/train.sbatch", "configs/stage2b_tiny.yaml"]
     assert f"emotion.init_extractor={out}/runs/stage2a_tiny/export/emotion_extractor.safetensors" in stage2b
     assert "decoder.codebook=$CODEBOOK" in lines["sbatch stage3b"] and "decoder.n_units=16" in lines["sbatch stage3b"]
     build = lines["sbatch ser_iemocap"]
@@ -116,7 +117,7 @@ def test_dry_run_chains_the_jobs_by_what_they_read(tmp_path, capsys):
                                             f"{out}/targets/distill", "--config", "configs/generate_tiny.yaml",
                                             "model.llm_path=.cache/pipeline_tiny/models/llm"]
     assert lines["sbatch units_fit"][5:] == [
-        "--dependency=afterok:<join_train_empathy>", "--ntasks-per-node=1", "slurm/step.sbatch", "fe-shards", "units",
+        "--dependency=afterok:<join_train_empathy>", "--kill-on-invalid-dep=yes", "--ntasks-per-node=1", "slurm/step.sbatch", "fe-shards", "units",
         "fit", "--shards", f"{out}/shards/instructs2s/train_empathy", "--out", f"{out}/codebooks/km16", "--k", "16"]
     assert not (out / ".pipeline" / "stage1.done.pending").exists()  # a dry run writes nothing
 

@@ -137,7 +137,7 @@ def sbatch_command(item: Planned, cfg: PipelineConfig, deps: list[str]) -> list[
     step, command = item.step, item.command
     log = marker_dir(cfg.out) / "logs" / f"{step.name}-%j.out"
     head = ["sbatch", "--parsable", f"--job-name=fe-{step.name}", f"--output={log}"]
-    head += [f"--dependency=afterok:{':'.join(deps)}"] if deps else []
+    head += [f"--dependency=afterok:{':'.join(deps)}", "--kill-on-invalid-dep=yes"] if deps else []
     head += list(cfg.sbatch.get(step.kind, ()))
     if command[:2] == ["fe-shards", "build"]:
         corpus, root, out = (command[command.index(f) + 1] for f in ("--corpus", "--root", "--out"))
