@@ -1,5 +1,5 @@
 """The inputs of ``configs/pipeline/tiny.yaml``: espeak-ng corpora in their published layouts (InstructS2S, IEMOCAP,
-CREMA-D, RAVDESS) and a held-out wav under ``<root>/corpora``, the tiny frozen LLM and Whisper of the tests' cached
+CREMA-D, RAVDESS, a spoken-QA manifest) and a held-out wav under ``<root>/corpora``, the tiny frozen LLM and Whisper of the tests' cached
 world and a tiny random stage-3 decoder under ``<root>/models``.
 
 Usage: python tests/pipeline_world.py ROOT (ROOT=.cache/pipeline_tiny is what configs/pipeline/tiny.yaml names)."""
@@ -20,6 +20,8 @@ QUESTIONS = ("name a warm colour", "say hello to me", "what do owls eat", "how d
 """Spoken instructions of the tiny InstructS2S release: enough that every pseudo label finds some (stage 2b)."""
 VAL_EVERY = 6
 """Every sixth instruction goes to the val file."""
+QA_STRIDE = 4
+"""Every fourth question of the tests' world is in the spoken-QA test set."""
 
 
 def instructs2s(root: Path, recorder) -> None:
@@ -38,6 +40,21 @@ def instructs2s(root: Path, recorder) -> None:
         (root / f"instruct_en_{split}.json").write_text(json.dumps(records, indent=1))
 
 
+def spoken_qa(manifest: Path, recorder) -> None:
+    """A spoken-QA test set as docs/reproduce.md step 12 imports the published ones (``llama_questions.jsonl``): one
+    line per spoken question, its wav beside the manifest, with its gold ``answers``."""
+    from fe_train.data import synthetic
+    from fe_train.fixtures.layouts import VOICES
+    from fe_train.fixtures.spokenqa_shards import gold_answers
+
+    lines = []
+    for i, question in enumerate(synthetic.instructions()[::QA_STRIDE]):
+        wav = f"{manifest.stem}/{question.key}.wav"
+        recorder.write(manifest.parent / wav, question.text, VOICES[i % len(VOICES)], 16000)
+        lines.append({"key": question.key, "audio": wav, "text": question.text, "answers": gold_answers(question.key)})
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
 def make_inputs(root: Path, world: Path) -> Path:
     """Corpora and models under ``root`` (``world``: a cached assets world, ``conftest.build_world('assets')``)."""
     import soundfile as sf
@@ -52,6 +69,7 @@ def make_inputs(root: Path, world: Path) -> Path:
     ser_layouts.iemocap(data / "IEMOCAP_full_release", recorder)
     ser_layouts.cremad(data / "CREMA-D", recorder)
     ser_layouts.ravdess(data / "Audio_Speech_Actors_01-24", recorder)
+    spoken_qa(data / "llama_questions.jsonl", recorder)
     sf.write(data / "heldout.wav", recorder.speech(HELDOUT_TEXT, ser_layouts.VOICES[3], 16000), 16000)
     models.mkdir(parents=True, exist_ok=True)
     for name in ("llm", "whisper"):

@@ -99,7 +99,7 @@ def test_dry_run_chains_the_jobs_by_what_they_read(tmp_path, capsys):
     assert main([str(config), "--dry-run"]) == 0
     lines = sbatch_lines(capsys)
     steps = build_steps(PipelineConfig.load(config))
-    assert list(lines) == [f"sbatch {s.name}" for s in steps] and len(steps) == 26
+    assert list(lines) == [f"sbatch {s.name}" for s in steps] and len(steps) == 28
     out = tmp_path / "out"
     stage2b = lines["sbatch stage2b"]
     assert stage2b[0] == f"FE_PIPELINE_MARKER={out}/.pipeline/stage2b.done"

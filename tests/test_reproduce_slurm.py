@@ -6,13 +6,15 @@ still queued or running is cancelled (the pipeline killed: a cancelled job leave
 finished steps, submits the rest, and ends with ``fe-train infer`` printing an emotion, a reply and units.
 
 - default tier: the training stages at two epochs; stage 3b trains with the stage-2 extractor filling ``<emotion>``
-  (no sample skipped), and the finished steps' outputs are untouched by the rerun;
+  (no sample skipped), the spoken-QA test set is built and evaluated, and the finished steps' outputs are untouched
+  by the rerun;
 - slow tier: the tiny presets' own epochs, and every export equals, tensor for tensor, that of the same recipe run
   uninterrupted with ``--local``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -105,6 +107,9 @@ def test_the_recipe_on_slurm_killed_and_rerun_ends_with_a_spoken_reply(local_slu
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert "<emotion>" in yaml.safe_dump(resolved["prompt"]), resolved["prompt"]
     assert resolved["emotion"]["init_extractor"].endswith("stage2b_tiny/export/emotion_extractor.safetensors"), resolved
+    questions = len((Path(cfg.data) / "llama_questions.jsonl").read_text().splitlines())
+    scored = json.loads(next((cfg.out / "results" / "qa_llama_questions").glob("**/spokenqa.json")).read_text())
+    assert questions >= 6 and scored["items"] == questions, scored  # the spoken-QA set evaluated, none skipped
 
 
 @pytest.mark.slow
