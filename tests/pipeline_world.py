@@ -51,7 +51,8 @@ def spoken_qa(manifest: Path, recorder) -> None:
     for i, question in enumerate(synthetic.instructions()[::QA_STRIDE]):
         wav = f"{manifest.stem}/{question.key}.wav"
         recorder.write(manifest.parent / wav, question.text, VOICES[i % len(VOICES)], 16000)
-        lines.append({"key": question.key, "audio": wav, "text": question.text, "answers": gold_answers(question.key)})
+        lines.append({"key": question.key, "corpus": manifest.stem, "audio": wav, "text": question.text,
+                      "answers": gold_answers(question.key)})
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
