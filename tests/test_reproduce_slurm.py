@@ -62,7 +62,7 @@ def kill_after_stage1(local_slurm, config: Path, cfg: PipelineConfig) -> list[st
     steps = [s.name for s in build_steps(cfg)]
     first = submit(local_slurm, config)
     assert list(first) == steps
-    assert local_slurm.job(first["stage1"])["Dependency"].startswith("afterok:")
+    assert local_slurm.job(first["infer"])["Dependency"].startswith("afterok:")  # chained, waiting on stage 3b
     assert local_slurm.wait_done(first["stage1"], JOB_TIMEOUT_S)["JobState"] == "COMPLETED", local_slurm.daemon_logs()
     for step, job in first.items():
         if not marker_path(cfg.out, step).is_file():
