@@ -220,9 +220,10 @@ def test_3b_fills_the_emotion_slot_with_the_frozen_stage2_extractor(stage_runs, 
     with pytest.raises(UserError, match=r"has <emotion>: stage decoder_joint fills it with the frozen stage-2 extractor"):
         recipe.build_model(cfg, torch.float32, WholeBuild)
     values["emotion.init_extractor"] = stage2 / "export" / "emotion_extractor.safetensors"
+    values["emotion.hidden_dim"] = 2 * shape["hidden_dim"]  # a width other than that of the run that exported it
     cfg = Config.load(REPO / "configs" / "stage3b_tiny.yaml", [f"{k}={v}" for k, v in values.items()])
     with pytest.raises(UserError, match=r"emotion.init_extractor = .*does not fit the configured EmotionExtractor "
-                                        r"\(size mismatch for ffn.0.weight"):  # the preset's width, not the run's
+                                        r"\(size mismatch for ffn.0.weight"):
         recipe.build_model(cfg, torch.float32, WholeBuild)
     values.update({"emotion.init_ser_head": stage2 / "export" / "ser_head.safetensors",
                    "emotion.hidden_dim": shape["hidden_dim"], "emotion.mask_padding": shape["mask_padding"]})
