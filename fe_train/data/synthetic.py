@@ -15,9 +15,10 @@ import shutil
 import subprocess
 import zlib
 from collections import deque
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -97,6 +98,10 @@ def have_espeak() -> bool:
     return shutil.which("espeak-ng") is not None
 
 
+Tag = TypeVar("Tag")
+"""What ``speak_each`` hands back with each item's speech (a key, a record: anything)."""
+
+
 def speak(text: str, voice: Voice, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
     """Mono float32 speech for ``text`` at ``sample_rate_hz``."""
     if not have_espeak():
@@ -108,8 +113,8 @@ def speak(text: str, voice: Voice, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.n
     return resample(wave.mean(axis=1), rate, sample_rate_hz)
 
 
-def speak_each(items: Iterable[tuple[Hashable, str, Voice]], sample_rate_hz: int = SAMPLE_RATE_HZ,
-               workers: int | None = None) -> Iterator[tuple[Hashable, np.ndarray]]:
+def speak_each(items: Iterable[tuple[Tag, str, Voice]], sample_rate_hz: int = SAMPLE_RATE_HZ,
+               workers: int | None = None) -> Iterator[tuple[Tag, np.ndarray]]:
     """``(tag, speak(text, voice))`` for each ``(tag, text, voice)`` of ``items``, in their order.
 
     ``workers`` espeak-ng processes render at once (default: the CPUs this process may use), reading at most four
