@@ -69,6 +69,8 @@ def kill_after_stage1(local_slurm, config: Path, cfg: PipelineConfig) -> list[st
             local_slurm.cmd("scancel", job, check=False)
     finished = [s for s in steps if marker_path(cfg.out, s).is_file()]
     assert "stage1" in finished and len(finished) < len(steps)
+    for step in steps:  # a cancelled job leaves no marker, only the one its submission wrote as pending
+        assert step in finished or (cfg.out / ".pipeline" / f"{step}.done.pending").is_file(), step
     return finished
 
 
@@ -77,11 +79,14 @@ def rerun_to_a_spoken_reply(local_slurm, config: Path, cfg: PipelineConfig, fini
     steps = [s.name for s in build_steps(cfg)]
     second = submit(local_slurm, config)
     assert list(second) == [s for s in steps if s not in finished]
+    for step in build_steps(cfg):  # a step whose inputs all finished before the kill waits on no job
+        if step.name in second and set(step.deps) <= set(finished):
+            assert local_slurm.job(second[step.name]).get("Dependency") in ("(null)", "", None), step.name
     info = local_slurm.wait_done(second["infer"], JOB_TIMEOUT_S)
     unfinished = [s for s in steps if not marker_path(cfg.out, s).is_file()]
     logs = {s: (cfg.out / ".pipeline" / "logs" / f"{s}-{second[s]}.out") for s in unfinished}
     assert info["JobState"] == "COMPLETED", (info, {s: p.read_text()[-1500:] for s, p in logs.items() if p.is_file()})
-    assert all(marker_path(cfg.out, s).is_file() for s in steps)
+    assert all(json.loads(marker_path(cfg.out, s).read_text())["step"] == s for s in steps)
     log = (cfg.out / ".pipeline" / "logs" / f"infer-{second['infer']}.out").read_text()
     emotion, units = re.search(r"^emotion: (\w+)$", log, re.M), re.search(r"^units: (\d+)$", log, re.M)
     assert emotion and emotion.group(1) in EMOTIONS and units and int(units.group(1)) > 0, log[-2000:]
