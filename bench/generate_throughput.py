@@ -5,8 +5,8 @@ does), generated tokens per second measured side by side in one process, and whe
     python bench/generate_throughput.py --llm DIR --device cuda --dtype bf16 --prompts 512 --batch-size 32
 
 Without ``--llm`` it builds the tiny Qwen2-form chat LLM of the tests and briefly
-pre-trains it on the synthetic questions, so that its replies end at an end of turn
-like a real instruct model's. Modes run in turn, ``--repeats`` times; the medians
+pre-trains it on the synthetic questions until it answers each exactly, so that its
+replies end at an end of turn like a real instruct model's. Modes run in turn, ``--repeats`` times; the medians
 are printed.
 """
 
@@ -29,14 +29,15 @@ from fe_train.generate.replies import Sampling, eos_ids, generate_batch, prompt_
 from fe_train.launch.logs import setup_logging
 
 
-def tiny_llm(out_dir: str, pretrain_steps: int):
-    texts = [i.text for i in synthetic.instructions()]
-    tokenizer = tiny.build_tokenizer([HELPFUL_SYSTEM, *texts, *(i.answer for i in synthetic.instructions())], out_dir)
+def tiny_llm(out_dir: str):
+    """The tests' tiny chat LLM, pre-trained until it answers every question (plain text) exactly."""
+    questions = synthetic.instructions()
+    tokenizer = tiny.build_tokenizer([HELPFUL_SYSTEM, *(i.text for i in questions), *(i.answer for i in questions)], out_dir)
     llm = tiny.build_llm(tokenizer)
     rng = random.Random(0)
-    pairs = [(i.text, i.answer) for i in synthetic.instructions()]
-    pairs += [(stretched(i.text, rng), i.answer) for i in rng.choices(synthetic.instructions(), k=2000)]
-    tiny.pretrain_llm(llm, tokenizer, HELPFUL_SYSTEM, pairs, steps=pretrain_steps)
+    checked = [(HELPFUL_SYSTEM, i.text, i.answer) for i in questions]
+    chats = checked + [(HELPFUL_SYSTEM, stretched(i.text, rng), i.answer) for i in rng.choices(questions, k=2000)]
+    tiny.pretrain_llm(llm, tokenizer, "bench LLM", chats, checked, "text questions answered")
     llm.save_pretrained(out_dir)
     return out_dir
 
@@ -69,7 +70,6 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--pretrain-steps", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (a tiny model gains nothing from more)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,7 +77,7 @@ def main() -> None:
 
     from fe_train.model.frozen_llm import load_llm, load_tokenizer
 
-    path = args.llm or tiny_llm(tempfile.mkdtemp(prefix="fe-bench-llm-"), args.pretrain_steps)
+    path = args.llm or tiny_llm(tempfile.mkdtemp(prefix="fe-bench-llm-"))
     device = torch.device(args.device)
     llm = load_llm(path, torch.bfloat16 if args.dtype == "bf16" else torch.float32).to(device)
     tokenizer = load_tokenizer(path)
