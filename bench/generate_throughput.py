@@ -4,10 +4,10 @@ does), generated tokens per second measured side by side in one process, and whe
     python bench/generate_throughput.py                       # the tests' tiny chat LLM, built here (CPU)
     python bench/generate_throughput.py --llm DIR --device cuda --dtype bf16 --prompts 512 --batch-size 32
 
-Without ``--llm`` it builds the tiny Qwen2-form chat LLM of the tests and briefly
-pre-trains it on the synthetic questions until it answers each exactly, so that its
-replies end at an end of turn like a real instruct model's. Modes run in turn, ``--repeats`` times; the medians
-are printed.
+Without ``--llm`` it builds the tiny Qwen2-form chat LLM of the tests and pre-trains it
+on the synthetic questions until it answers each exactly, so that its replies end at an
+end of turn like a real instruct model's. Modes run in turn, ``--repeats`` times; the
+medians are printed.
 """
 
 from __future__ import annotations
