@@ -138,7 +138,7 @@ def test_sigkill_and_resume_reads_every_sample_once(grouped, assets, tmp_path, k
     assert seen == all_keys(grouped)
 
 
-@pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])
+@pytest.mark.parametrize("first, second", [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow)])
 def test_resume_on_another_world_size_reads_every_sample_once(grouped, assets, tmp_path, first, second):
     state, seen = run_killed_then_resumed(grouped, assets, tmp_path / "run", first, second, kill_step=4, extra_s=0.0)
     assert state.geometry["world_size"] == first

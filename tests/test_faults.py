@@ -82,7 +82,7 @@ def test_too_many_faults_stop_with_the_shards_named(assets, faulty_shards, tmp_p
     assert errors and "data.max_skip_fraction" in errors[0] and "train-000000.tar" in errors[0], proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("value", ["nan", "inf"])
+@pytest.mark.parametrize("value", ["nan", pytest.param("inf", marks=pytest.mark.slow)])
 def test_nonfinite_loss_is_skipped_on_every_rank(assets, tmp_path, value):
     out = tmp_path / "run"
     proc = torchrun([str(REPO / "tests" / "dist" / "nan_injection.py"), "1", "5", "6", value, CONFIG, *stage1_overrides(
@@ -93,7 +93,7 @@ def test_nonfinite_loss_is_skipped_on_every_rank(assets, tmp_path, value):
     assert all(math.isfinite(r["train/loss"]) for r in records), f"no {value} reached the logged losses"
 
 
-@pytest.mark.parametrize("value", ["nan", "inf"])
+@pytest.mark.parametrize("value", ["nan", pytest.param("inf", marks=pytest.mark.slow)])
 def test_persistent_nonfinite_loss_stops_with_last_good_checkpoint(assets, tmp_path, value):
     out = tmp_path / "run"
     proc = torchrun([str(REPO / "tests" / "dist" / "nan_injection.py"), "0", "9", "-1", value, CONFIG, *stage1_overrides(

@@ -40,7 +40,7 @@ def _universal_tensor(path):
     return value["param"] if isinstance(value, dict) else value  # older DeepSpeed wrapped it in a dict
 
 
-@pytest.mark.parametrize("first,second", [(2, 1), (1, 2)])
+@pytest.mark.parametrize("first,second", [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow)])
 def test_universal_resume_continues_the_state_and_the_loss(assets, tmp_path, first, second):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
