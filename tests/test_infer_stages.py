@@ -114,6 +114,26 @@ def test_ablate_reads_the_ser_head_under_every_control(stage_runs, tmp_path):
     assert all(r["head"] in EMOTIONS for r in records)
 
 
+def test_eval_ser_hears_each_clip_once_for_the_reply_and_the_head(stage_runs, tmp_path, monkeypatch):
+    """The reply and the SER head read one encoder pass per clip (the encoder is the costly part of SER)."""
+    from fe_train.model.speech_encoder import WhisperSpeechEncoder
+
+    stage1, stage2, _ = stage_runs
+    encoded, forward = [], WhisperSpeechEncoder.forward
+
+    def counted(self, mel, *args, **kwargs):
+        encoded.append(mel.shape[0])
+        return forward(self, mel, *args, **kwargs)
+
+    monkeypatch.setattr(WhisperSpeechEncoder, "forward", counted)
+    assert train_main(["eval", "ser", "--ckpt", str(stage1), "--ckpt", str(stage2), "--shards", str(stage2.parent / "ser"),
+                       "--out", str(tmp_path), "eval.max_new_tokens=4", "eval.bootstrap_resamples=50",
+                       "run.progress_bar=false"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "ser.records.jsonl").read_text().splitlines()]
+    assert len(records) == 20 and all(r["head"] in EMOTIONS and "word" in r for r in records)
+    assert sum(encoded) == 20, encoded
+
+
 def test_extractor_control_needs_the_slot_and_the_extractor():
     from fe_train.data.user_turn import check_control
     from fe_train.errors import UserError

@@ -70,7 +70,7 @@ def infer(checkpoints: list[str], audio_path: str, out_dir: str, device, config_
     except SampleError as exc:
         raise UserError(f"audio file {path}: {exc} (expected speech soundfile can read, at most 30 s)") from None
     batch = to_device(Collate(placed.tokenizer.pad_token_id)([example]), device)
-    result = Inference(str(path), "", head_labels(model, batch)[0] if model.ser_head is not None else "")
+    result = Inference(str(path), "", head_labels(model, model.embed_with_emotion(batch)[1])[0] if model.ser_head is not None else "")
     if isinstance(placed.model, SpokenReply):
         d = cfg.decoder
         spoken = speak(placed.model, batch, d.read_tokens, d.write_units, placed.tokenizer.eos_token_id,

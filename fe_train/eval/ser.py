@@ -66,11 +66,13 @@ class SERTask:
         return self.prompt.example(raw, meta, {"label": meta.emotion, "corpus": meta.corpus or "unknown"})
 
     def score(self, model, batch: dict) -> list[dict]:
-        replies = self.replier(speech_llm(model), batch)
+        model = speech_llm(model)
+        embeds, emotion = model.embed_with_emotion(batch)  # the encoder runs once for the reply and the head
+        replies = self.replier(model, batch, embeds)
         records = [{"key": key, "corpus": batch["corpus"][row], "label": batch["label"][row], "reply": replies[row],
                     "word": label_word(replies[row])} for row, key in real_rows(batch)]
         if self.read_head:
-            heads = head_labels(speech_llm(model), batch)
+            heads = head_labels(model, emotion)
             for record, (row, _) in zip(records, real_rows(batch)):
                 record["head"] = heads[row]
         return records
@@ -94,7 +96,6 @@ class SERTask:
 
 
 @torch.no_grad()
-def head_labels(model, batch: dict) -> list[str]:
-    """The SER head's class for every row, from the extractor's vectors (B, D_llm)."""
-    _, emotion = model.embed_with_emotion(batch)
+def head_labels(model, emotion: torch.Tensor) -> list[str]:
+    """The SER head's class for every row of the extractor's vectors ``emotion`` (B, D_llm)."""
     return [EMOTIONS[int(i)] for i in model.ser_head(emotion).argmax(dim=-1)]

@@ -45,8 +45,12 @@ def generate_from_embeds(llm, embeds: torch.Tensor, attention_mask: torch.Tensor
 
 @torch.no_grad()
 def reply_to_batch(model, batch: dict, sampling: Sampling, eos: list[int], pad_id: int,
-                   synced: bool = False) -> list[Reply]:
-    """The LLM's reply to every row's prompt (a ``FreezeEmpath`` model; padding rows included)."""
-    embeds = model.embed(batch)  # (B, T, D)
+                   synced: bool = False, embeds: torch.Tensor | None = None) -> list[Reply]:
+    """The LLM's reply to every row's prompt (a ``FreezeEmpath`` model; padding rows included).
+
+    ``embeds``: the batch's input embeddings (B, T, D) when the caller already has them, so that the
+    encoder does not run again; ``model.embed(batch)`` otherwise.
+    """
+    embeds = model.embed(batch) if embeds is None else embeds
     aligned, mask = left_align(embeds, prompt_lengths(batch))
     return generate_from_embeds(model.llm, aligned, mask, sampling, eos, pad_id, synced)

@@ -67,8 +67,8 @@ class Replier:
         self.sampling = Sampling(max_new_tokens=cfg.eval.max_new_tokens)
         self.eos = eos_ids(model.llm, tokenizer)
 
-    def __call__(self, model, batch: dict) -> list[str]:
-        replies = reply_to_batch(model, batch, self.sampling, self.eos, self.tokenizer.pad_token_id, self.synced)
+    def __call__(self, model, batch: dict, embeds: torch.Tensor | None = None) -> list[str]:
+        replies = reply_to_batch(model, batch, self.sampling, self.eos, self.tokenizer.pad_token_id, self.synced, embeds)
         return [decode(self.tokenizer, reply) for reply in replies]
 
 
