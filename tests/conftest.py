@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_exten
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub id resolves from the Hugging Face cache only: tests download nothing
 
+from fe_train.launch.env import free_port  # noqa: E402  (after the environment above; re-exported to the tests)
 
 PAPER_CONFIGS = {
     "Qwen/Qwen2.5-7B-Instruct": dict(
@@ -108,12 +108,6 @@ def kill_tree(pid: int, timeout_s: float = 30) -> list[int]:
         time.sleep(0.05)
     assert not alive, f"processes {alive} of the killed tree of {pid} still run"
     return stopped
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def dist_env(**extra: str) -> dict[str, str]:

@@ -108,3 +108,13 @@ def test_cpu_deepspeed_beside_cuda_torch_is_one_line():
 def test_cpu_runs_where_no_gpu_was_asked_for(environ):
     check_device(False, environ)
     check_device(True, {k: v for k, v in environ.items() if k != "DS_ACCELERATOR"})
+
+
+def test_a_single_process_rendezvous_does_not_take_a_port_in_use():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 29500))  # the default of torchrun and the deepspeed launcher, taken
+        held.listen()
+        env = from_environ({})
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", env.master_port))  # free: the rendezvous can listen on it
+    assert env.master_port != 29500 and from_environ({"MASTER_PORT": "1234"}).master_port == 1234

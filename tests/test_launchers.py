@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,18 @@ def test_deepspeed_launcher_trains_stage1(assets, tmp_path):
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
     assert steps == [1, 2, 3, 4]
     assert (out / "export" / "adapter.safetensors").is_file()
+
+
+def test_a_single_process_trains_while_the_default_port_is_taken(assets, tmp_path):
+    """``fe-train train`` without a launcher rendezvouses on a free port: a torchrun job (or another program) holding
+    29500 on the same machine does not stop it."""
+    out = tmp_path / "run"
+    overrides = stage1_overrides(assets, out, **{"train.max_steps": 2, "train.log_every": 1, "train.eval_every": 0,
+                                                 "data.eval_shards": ""})
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 29500))
+        held.listen()
+        proc = subprocess.run([sys.executable, "-m", "fe_train", "train", "--config", CONFIG, *overrides], env=dist_env(),
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r] == [1, 2]

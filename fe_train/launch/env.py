@@ -111,11 +111,19 @@ def from_environ(environ: Mapping[str, str] | None = None) -> LaunchEnv:
         world_size=1,
         local_world_size=1,
         master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-        master_port=_int(env, "MASTER_PORT", DEFAULT_PORT),
+        master_port=_int(env, "MASTER_PORT", 0) or free_port(env.get("MASTER_ADDR", "127.0.0.1")),
         launcher="single",
         hostname=host,
         host_addr=addr,
     )
+
+
+def free_port(addr: str = "127.0.0.1") -> int:
+    """A port nothing listens on at ``addr`` now: a single process's rendezvous, so that two runs on one machine
+    (or one beside a launcher holding the default port) do not collide."""
+    with socket.socket() as sock:
+        sock.bind((addr, 0))
+        return sock.getsockname()[1]
 
 
 def export(launch: LaunchEnv, device_index: int | None = None) -> None:
