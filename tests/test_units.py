@@ -4,6 +4,10 @@ or a plugged one, joined to the shards and read back as stage 3 reads them."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -213,6 +217,59 @@ def test_a_plugged_tokenizer_works_end_to_end(world, tmp_path, monkeypatch, caps
                         "energy_units_e2e:load_out_of_range", "--tokenizer-arg", "8", "--out", str(tmp_path / "bad")]) == 2
     assert "tokenizer of codebook 'energy-q8': returned ids in [0, " in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "bad").iterdir()] == []  # no half-written units left behind
+
+
+KILLABLE = ENERGY_TOKENIZER + '''
+
+import os
+import signal
+
+
+class Killed(EnergyUnits):
+    calls = 0
+
+    def __call__(self, waves):
+        Killed.calls += 1
+        if str(Killed.calls) == os.environ.get("KILL_AT_BATCH"):
+            os.kill(os.getpid(), signal.SIGKILL)  # as a lost node: no cleanup, no exception
+        return super().__call__(waves)
+
+
+def load_killable(arg):
+    return Killed(int(arg))
+'''
+
+
+def test_a_killed_make_continues_where_it_stopped_and_writes_what_an_uninterrupted_run_writes(world, tmp_path,
+                                                                                               monkeypatch, capsys):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "energy_units_killable.py").write_text(KILLABLE)
+    monkeypatch.syspath_prepend(str(plugins))
+    make = ["units", "make", "--shards", str(world / "shards"), "--tokenizer", "energy_units_killable:load_killable",
+            "--tokenizer-arg", "8"]
+    killed = subprocess.run([sys.executable, "-c", "from fe_train.cli import shards; shards()", *make, "--out",
+                             str(tmp_path / "units")], env={**os.environ, "KILL_AT_BATCH": "2", "PYTHONPATH": str(plugins)},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    partial = tmp_path / "units" / ".units.jsonl.partial"
+    assert len(partial.read_text().splitlines()) == 16 and not (tmp_path / "units" / "units.jsonl").exists()
+    with open(partial, "a") as stream:
+        stream.write('{"key": "cut by the ki')  # a line the kill cut: written again
+    capsys.readouterr()
+    assert shards_main([*make, "--out", str(tmp_path / "units")]) == 0
+    assert f"continuing a killed run in {tmp_path / 'units'} after its 16 replies' units" in capsys.readouterr().err
+    assert shards_main([*make, "--out", str(tmp_path / "whole")]) == 0
+    for name in ("units.jsonl", "manifest.json"):
+        assert (tmp_path / "units" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "units").iterdir()) == ["manifest.json", "units.jsonl"]
+
+    subprocess.run([sys.executable, "-c", "from fe_train.cli import shards; shards()", *make, "--out", str(tmp_path / "again")],
+                   env={**os.environ, "KILL_AT_BATCH": "2", "PYTHONPATH": str(plugins)}, capture_output=True, timeout=300)
+    capsys.readouterr()
+    assert shards_main([*make[:-1], "9", "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the units of a killed run with other settings" in err
 
 
 @pytest.mark.parametrize("spec, arg, message", [

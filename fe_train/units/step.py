@@ -7,11 +7,16 @@ training shards; ``make_units`` writes the units of every sample's reply, as
 counts, and the samples skipped, by reason with example keys). A sample is never
 dropped silently: one without a reply, a JSON record or any speech is counted.
 The TTS is the built-in espeak-ng voice, several replies rendered at once (``fe_train.data.synthetic.speak_each``).
+
+A killed ``make_units`` (a preempted job, a lost node) leaves what it wrote in ``.units.jsonl.partial`` beside the
+settings it was run with; run again with the same settings and ``--out``, it continues after the last whole line and
+writes what an uninterrupted run writes. A run that fails on its input (an exception) leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -32,7 +37,13 @@ from fe_train.units.frames import FrameSettings, LogMelFrames
 from fe_train.units.kmeans import KMeansUnits, fit_units
 from fe_train.units.tokenizer import SpeechTokenizer, tokenize
 
+log = logging.getLogger(__name__)
+
 UNITS_NAME = "units.jsonl"
+PARTIAL_NAME = f".{UNITS_NAME}.partial"
+"""What a run has written so far (not *.jsonl: a join never reads half a file)."""
+PARTIAL_SETTINGS = ".units.partial.json"
+"""The settings of the run that writes ``PARTIAL_NAME``: a run with other settings does not continue it."""
 BATCH = 16
 """Waves per tokenizer call."""
 
@@ -124,34 +135,86 @@ class UnitsManifest:
 
 def make_units(replies: Replies, tokenizer: SpeechTokenizer, out_dir: str | Path, voice: Voice,
                tokenizer_spec: dict, progress: bool | None = None) -> UnitsManifest:
-    """Write the units of each reply to ``out_dir`` (a new or empty folder, or one this step wrote before)."""
+    """Write the units of each reply to ``out_dir`` (a new or empty folder, or one this step wrote before, whole or
+    killed part-way: then it continues)."""
     out = Path(out_dir)
-    others = sorted(p.name for p in out.iterdir() if p.name not in (UNITS_NAME, MANIFEST_NAME)) if out.is_dir() else []
+    ours = (UNITS_NAME, MANIFEST_NAME, PARTIAL_NAME, PARTIAL_SETTINGS)
+    others = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
     if others:
         raise UserError(f"--out {out}: holds other files ({', '.join(others[:3])}); expected a new folder for the "
                         f"units (fe-shards join --units reads every .npy and .jsonl file in it)")
     out.mkdir(parents=True, exist_ok=True)
     manifest = UnitsManifest(tokenizer.codebook, tokenizer.n_units, tokenizer.sample_rate_hz, tokenizer_spec,
                              asdict(voice), replies.source)
-    tmp = out / f".{UNITS_NAME}.{os.getpid()}.tmp"  # not *.jsonl: a join never reads half a file
+    settings = {k: v for k, v in asdict(manifest).items() if k in ("codebook", "n_units", "sample_rate_hz", "tokenizer",
+                                                                    "voice", "shards")}
+    done = _continue(out, settings)
+    for line in done.values():  # in the order they were written, as an uninterrupted run adds them up
+        _count(manifest, line)
+    if done:
+        log.info("units make: continuing a killed run in %s after its %d replies' units", out, len(done))
+    partial = out / PARTIAL_NAME
     try:
-        with open(tmp, "w") as stream:
+        with open(partial, "a") as stream:
             batch: list[tuple[str, str, np.ndarray]] = []
-            said = (((key, reply), reply, voice)
-                    for key, reply in progress_bar("speak and tokenize replies", "reply", progress, iterable=replies))
+            todo = progress_bar("speak and tokenize replies", "reply", progress, iterable=replies)
+            said = (((key, reply), reply, voice) for key, reply in todo if not _was_done(done, key, reply, out))
             for (key, reply), wave in speak_each(said, tokenizer.sample_rate_hz):
                 batch.append((key, reply, wave))
                 if len(batch) == BATCH:
                     _write_batch(batch, tokenizer, stream, manifest, replies.skips)
                     batch = []
             _write_batch(batch, tokenizer, stream, manifest, replies.skips)
-        (out / MANIFEST_NAME).unlink(missing_ok=True)  # an older run's: it may name another codebook
-        os.replace(tmp, out / UNITS_NAME)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except Exception:
+        partial.unlink(missing_ok=True)
+        (out / PARTIAL_SETTINGS).unlink(missing_ok=True)
+        raise
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # an older run's: it may name another codebook
+    os.replace(partial, out / UNITS_NAME)
+    (out / PARTIAL_SETTINGS).unlink()
     manifest.samples, manifest.skipped = replies.samples, replies.skips.to_dict()
     atomic_write(out / MANIFEST_NAME, manifest.to_json().encode())
     return manifest
+
+
+def _continue(out: Path, settings: dict) -> dict[str, dict]:
+    """The whole lines of a killed run's partial file in ``out`` (by key, in order), cut after the last one; or, with
+    none, an empty start that records ``settings``."""
+    partial, saved = out / PARTIAL_NAME, out / PARTIAL_SETTINGS
+    if not partial.is_file():
+        atomic_write(saved, json.dumps(settings, sort_keys=True).encode())
+        return {}
+    if not saved.is_file() or json.loads(saved.read_text()) != settings:
+        raise UserError(f"--out {out}: holds the units of a killed run with other settings ({PARTIAL_SETTINGS}: codebook, "
+                        f"tokenizer, voice, shards); rerun with those, or remove {PARTIAL_NAME} to start again")
+    done, whole = {}, 0
+    with open(partial, "rb") as stream:
+        for line in stream:
+            try:
+                record = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError:
+                record = None
+            if record is None:
+                break  # the line the kill cut: written again
+            done[record["key"]] = record
+            whole += len(line)
+    os.truncate(partial, whole)
+    return done
+
+
+def _was_done(done: dict[str, dict], key: str, reply: str, out: Path) -> bool:
+    if key not in done:
+        return False
+    if done[key][REPLY_DIGEST] != text_digest(reply):
+        raise UserError(f"--out {out}: the killed run's units of {key!r} are of another reply (the shards changed); "
+                        f"remove {PARTIAL_NAME} to start again")
+    return True
+
+
+def _count(manifest: UnitsManifest, line: dict) -> None:
+    manifest.written += 1
+    manifest.units += len(line["units"])
+    manifest.speech_s += line["speech_s"]
 
 
 def _write_batch(batch: list[tuple[str, str, np.ndarray]], tokenizer: SpeechTokenizer, stream,
@@ -162,7 +225,8 @@ def _write_batch(batch: list[tuple[str, str, np.ndarray]], tokenizer: SpeechToke
         if len(units) == 0:
             skips.add("no_units", key)  # speech too short for one unit
             continue
-        stream.write(json.dumps({"key": key, "units": units.tolist(), REPLY_DIGEST: text_digest(reply)}) + "\n")
-        manifest.written += 1
-        manifest.units += len(units)
-        manifest.speech_s += len(wave) / tokenizer.sample_rate_hz
+        line = {"key": key, "units": units.tolist(), REPLY_DIGEST: text_digest(reply),
+                "speech_s": len(wave) / tokenizer.sample_rate_hz}
+        stream.write(json.dumps(line) + "\n")
+        _count(manifest, line)
+    stream.flush()  # a kill after this loses none of the batch
