@@ -33,6 +33,8 @@ def test_overrides_are_typed(tmp_path):
     (["train.epochs=two"], "'train.epochs' = 'two' is not a valid int"),
     (["train.precision=fp8"], "train.precision = 'fp8'"),
     (["lr=1"], "expected section.key=value"),
+    (["train.stage=ser", "train.state_distill=1"], "train.state_distill = 1.0: expected a number >= 0, and 0 unless "
+                                                   "train.stage is align (it is 'ser')"),
 ])
 def test_bad_keys_and_values_are_named(override, fragment):
     with pytest.raises(UserError) as err:

@@ -146,6 +146,11 @@ class TrainConfig:
     it continues from an earlier adapter, '' starts it fresh)."""
     max_nonfinite_steps: int = 10
     """Stop (after saving the last good state) when this many micro-batches in a row have a NaN/inf loss."""
+    state_distill: float = 0.0
+    """Stage 1 (align) only: weight of a second loss term beside the reply's cross-entropy (0: the paper's, none).
+    The frozen LLM reads each sample twice, with the speech and with its transcript (``text``) in the user turn; the
+    term is the mean over its layers of 1 - cosine between the two readings' hidden states at each position after
+    the speech (the prompt's end and the reply). docs/stage1.md, hidden-state distillation."""
 
     def __post_init__(self):
         require(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}")
@@ -154,6 +159,8 @@ class TrainConfig:
         for key in ("max_steps", "eval_every", "save_every"):
             require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "an integer >= 0")
         require(self.lr > 0, "train.lr", self.lr, "a positive number")
+        require(self.state_distill >= 0.0 and (self.state_distill == 0 or self.stage == "align"), "train.state_distill",
+                self.state_distill, f"a number >= 0, and 0 unless train.stage is align (it is {self.stage!r})")
         require(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", self.warmup_ratio, "a fraction in [0, 1)")
         require(len(self.adam_betas) == 2, "train.adam_betas", self.adam_betas, "two numbers")
 

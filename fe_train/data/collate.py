@@ -15,7 +15,8 @@ from fe_train.data.prompt import IGNORE, Layout
 class Collate:
     """Pads token rows on the right and log-mel features with each clip's pad value.
 
-    Example fields it knows: ``layout`` (a ``Layout``), a ``UnitSequence`` (the speech
+    Example fields it knows: ``layout`` (a ``Layout``; another ``<prefix>layout`` gives ``<prefix>input_ids`` and so
+    on), a ``UnitSequence`` (the speech
     decoder's row, as ``unit_*`` tensors), any ``*mel`` (a ``LogMelResult``,
     e.g. ``mel`` for content audio and ``emotion_mel`` for the emotion clip) and any
     integer or tensor field, which is stacked. Padding copies (``Example.pad``) get
@@ -33,7 +34,8 @@ class Collate:
         for name, value in examples[0].fields.items():
             column = [ex.fields[name] for ex in examples]
             if isinstance(value, Layout):
-                out.update(self._layouts(column, [ex.pad for ex in examples]))
+                prefix = name[: -len("layout")]
+                out.update({prefix + k: v for k, v in self._layouts(column, [ex.pad for ex in examples]).items()})
             elif isinstance(value, UnitSequence):
                 out.update(collate_unit_sequences(column, [ex.pad for ex in examples]))
             elif isinstance(value, LogMelResult):

@@ -42,7 +42,7 @@ def speech_llm(cfg: Config, dtype, partitioned, emotion: bool = False) -> Freeze
     if cfg.train.init_adapter:
         load_module(adapter, cfg.train.init_adapter, "train.init_adapter")
     if not emotion:
-        return FreezeEmpath(llm, encoder=encoder, adapter=adapter)
+        return FreezeEmpath(llm, encoder=encoder, adapter=adapter, state_weight=cfg.train.state_distill)
     extractor, head = new_emotion_parts(e, encoder.hidden_size, width)
     for module, path, key in ((extractor, e.init_extractor, "emotion.init_extractor"), (head, e.init_ser_head, "emotion.init_ser_head")):
         if path:

@@ -7,7 +7,9 @@ order.
 
 Batch inputs: ``mel`` (content audio: the adapter fills ``<speech>``), ``emotion_mel``
 (a separate emotion clip; without it the extractor reads the content clip), and
-``emotion_label`` (class index, for the SER auxiliary loss). Whenever a model with an
+``emotion_label`` (class index, for the SER auxiliary loss); ``teacher_input_ids`` (the same prompt with the
+transcript in place of the speech) and ``state_span`` (B,), how many positions end both rows alike, for the hidden-state
+distillation term (``state_weight``, stage 1's ``train.state_distill``). Whenever a model with an
 extractor gets audio, the extractor runs on every row, also where the prompt has no
 ``<emotion>`` slot (the label-word controls), so that ranks stay in step.
 """
@@ -31,7 +33,8 @@ EMOTION_SLOT = SLOTS["<emotion>"]
 
 class FreezeEmpath(Assembly):
     def __init__(self, llm: nn.Module, encoder: nn.Module | None = None, adapter: nn.Module | None = None,
-                 emotion_extractor: nn.Module | None = None, ser_head: nn.Module | None = None, aux_weight: float = 0.0):
+                 emotion_extractor: nn.Module | None = None, ser_head: nn.Module | None = None, aux_weight: float = 0.0,
+                 state_weight: float = 0.0):
         super().__init__()
         self.llm = llm
         self.encoder = encoder
@@ -39,6 +42,7 @@ class FreezeEmpath(Assembly):
         self.emotion_extractor = emotion_extractor
         self.ser_head = ser_head
         self.aux_weight = aux_weight
+        self.state_weight = state_weight
 
     def train(self, mode: bool = True):
         """Trainable parts follow ``mode``; frozen parts stay in eval mode (no dropout).
@@ -84,14 +88,17 @@ class FreezeEmpath(Assembly):
 
     @property
     def loss_weights(self) -> tuple[float, ...]:
-        """The weight of each loss term: the reply tokens' and, with a SER head, ``aux_weight`` for its clips."""
-        return (1.0,) if self.ser_head is None else (1.0, self.aux_weight)
+        """The weight of each loss term: the reply tokens', with a SER head ``aux_weight`` for its clips, and with
+        ``state_weight`` that of the hidden-state distillation."""
+        return (1.0, *(() if self.ser_head is None else (self.aux_weight,)), *((self.state_weight,) if self.state_weight else ()))
 
     def loss_counts(self, batch: dict) -> torch.Tensor:
         """How many items each loss term of ``batch`` holds (labelled tokens; SER clips), from the host batch."""
         counts = [labelled_targets(batch["labels"])]
         if self.ser_head is not None:
             counts.append(float((batch["weight"] != 0).sum()) if self._has_ser_term(batch) else 0.0)
+        if self.state_weight:
+            counts.append(float((batch["state_span"] * (batch["weight"] != 0)).sum()))
         return torch.tensor(counts, dtype=torch.float64)
 
     def _has_ser_term(self, batch: dict) -> bool:
@@ -101,7 +108,7 @@ class FreezeEmpath(Assembly):
     def forward(self, batch: dict, loss_norm: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Losses of ``batch``; ``loss_norm`` (one divisor per term, see ``fe_train.model.loss_terms``)."""
         embeds, emotion = self.embed_with_emotion(batch)
-        out = self.reply_loss(embeds, batch["attention_mask"], batch["labels"])
+        out = next_token_loss(self.llm, embeds, batch["attention_mask"], batch["labels"], states=bool(self.state_weight))
         sums, counts = [out["loss_sum"]], [out["n_tokens"]]
         if self._has_ser_term(batch):
             ser = self.ser_loss(emotion, batch["emotion_label"], batch["weight"])
@@ -111,7 +118,29 @@ class FreezeEmpath(Assembly):
         elif self.ser_head is not None:
             sums.append(torch.zeros_like(out["loss_sum"]))
             counts.append(torch.zeros_like(out["n_tokens"]))
+        if self.state_weight:
+            sums.append(self.state_distance(out.pop("states"), batch))
+            counts.append(self._state_positions(batch).sum())
         return {**out, **weighted_loss(sums, counts, self.loss_weights, loss_norm)}
+
+    def state_distance(self, states: tuple[torch.Tensor, ...], batch: dict) -> torch.Tensor:
+        """Sum over the positions ending both rows alike (the prompt after the speech, the reply) of the mean over
+        layers of 1 - cosine between the LLM's hidden states on the speech (``states``) and on the transcript."""
+        with torch.no_grad():
+            teacher = self.llm(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+                               logits_to_keep=1, use_cache=False, output_hidden_states=True).hidden_states[1:]
+        span = self._state_positions(batch)  # (B,): 0 for padding rows
+        rows = torch.arange(len(span), device=span.device).repeat_interleave(span)  # (N,)
+        back = torch.cat([torch.arange(n, 0, -1, device=span.device) for n in span.tolist()])  # (N,) from the row's end
+        student_at = batch["attention_mask"].sum(1)[rows] - back
+        teacher_at = batch["teacher_attention_mask"].sum(1)[rows] - back
+        distance = sum((1 - F.cosine_similarity(s[rows, student_at].float(), t[rows, teacher_at].float(), dim=-1)).sum()
+                       for s, t in zip(states, teacher))
+        return distance / len(states)
+
+    @staticmethod
+    def _state_positions(batch: dict) -> torch.Tensor:
+        return batch["state_span"] * (batch["weight"] != 0)
 
     def ser_loss(self, emotion: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """The SER head's summed cross-entropy (``ser_sum``) and mean (``ser_loss``); padding rows (weight 0) left out."""
@@ -122,7 +151,3 @@ class FreezeEmpath(Assembly):
         correct = ((logits.argmax(-1) == target) & (target != IGNORE)).sum()
         return {"ser_sum": ser_sum, "ser_loss": (ser_sum / n_clips.clamp(min=1)).detach(),
                 "ser_correct": correct.detach(), "ser_clips": n_clips.detach()}
-
-    def reply_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Next-token cross-entropy on labelled positions; logits only where a label follows."""
-        return next_token_loss(self.llm, embeds, attention_mask, labels)
