@@ -109,6 +109,31 @@ def test_bf16_trains_the_adapter_in_bf16_with_fp32_masters_and_the_fp32_loss(ass
     assert abs(losses[1] - reference[1]) <= 0.02 * reference[1], (losses[1], reference[1])
 
 
+def test_state_distill_adds_its_term_under_zero3_in_fp32_and_bf16_and_leaves_the_llm_untouched(assets, trained, tmp_path):
+    """train.state_distill: the frozen LLM also reads each transcript (its extra forward partitioned like the
+    first), the first step's loss is the reply's plus the hidden-state term (same weights, same batch as the plain
+    run's), bf16 within 2% of fp32, the frozen weights bit-identical and only the adapter in the optimizer."""
+    reference_out, _ = trained
+    plain = {r["step"]: r["train/loss"] for r in read_metrics(reference_out / "metrics.jsonl") if "train/loss" in r}
+    first = {}
+    for precision in ("fp32", "bf16"):
+        out, result = tmp_path / precision, tmp_path / f"{precision}.json"
+        proc = torchrun([str(REPO / "tests" / "dist" / "stage1_check.py"), str(result), CONFIG,
+                         *stage1_overrides(assets, out, **{"train.epochs": 2, "train.log_every": 1, "train.eval_every": 0,
+                                                           "train.max_steps": 2, "data.eval_shards": "",
+                                                           "train.precision": precision, "train.state_distill": 1})])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        report = json.loads(result.read_text())
+        assert report["frozen_checked"] > 20 and report["frozen_mismatched"] == [], report["frozen_mismatched"]
+        assert report["optimizer_tracks_only_trainable"], report
+        losses = {r["step"]: r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r}
+        assert sorted(losses) == [1, 2] and all(math.isfinite(loss) for loss in losses.values()), losses
+        first[precision] = losses[1]
+    print(f"first-step loss: reply only {plain[1]:.4f}, with the state term fp32 {first['fp32']:.4f} bf16 {first['bf16']:.4f}")
+    assert first["fp32"] > plain[1] + 0.05, (first, plain[1])
+    assert abs(first["bf16"] - first["fp32"]) <= 0.02 * first["fp32"], first
+
+
 def test_zero_to_fp32_recovers_the_adapter(trained):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

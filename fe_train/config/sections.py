@@ -150,7 +150,8 @@ class TrainConfig:
     """Stage 1 (align) only: weight of a second loss term beside the reply's cross-entropy (0: the paper's, none).
     The frozen LLM reads each sample twice, with the speech and with its transcript (``text``) in the user turn; the
     term is the mean over its layers of 1 - cosine between the two readings' hidden states at each position after
-    the speech (the prompt's end and the reply). docs/stage1.md, hidden-state distillation."""
+    the speech (the prompt's end and the reply). It enters ``loss`` and ``eval/loss`` with this weight.
+    docs/stage1.md, hidden-state distillation."""
 
     def __post_init__(self):
         require(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}")
