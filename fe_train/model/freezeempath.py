@@ -108,7 +108,7 @@ class FreezeEmpath(Assembly):
     def forward(self, batch: dict, loss_norm: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Losses of ``batch``; ``loss_norm`` (one divisor per term, see ``fe_train.model.loss_terms``)."""
         embeds, emotion = self.embed_with_emotion(batch)
-        out = next_token_loss(self.llm, embeds, batch["attention_mask"], batch["labels"], states=bool(self.state_weight))
+        out = self.reply_loss(embeds, batch["attention_mask"], batch["labels"], states=bool(self.state_weight))
         sums, counts = [out["loss_sum"]], [out["n_tokens"]]
         if self._has_ser_term(batch):
             ser = self.ser_loss(emotion, batch["emotion_label"], batch["weight"])
@@ -151,3 +151,9 @@ class FreezeEmpath(Assembly):
         correct = ((logits.argmax(-1) == target) & (target != IGNORE)).sum()
         return {"ser_sum": ser_sum, "ser_loss": (ser_sum / n_clips.clamp(min=1)).detach(),
                 "ser_correct": correct.detach(), "ser_clips": n_clips.detach()}
+
+    def reply_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                   states: bool = False) -> dict[str, torch.Tensor]:
+        """Next-token cross-entropy on labelled positions; logits only where a label follows (``states``: also every
+        layer's hidden states)."""
+        return next_token_loss(self.llm, embeds, attention_mask, labels, states)
