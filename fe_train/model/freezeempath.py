@@ -93,7 +93,8 @@ class FreezeEmpath(Assembly):
         return (1.0, *(() if self.ser_head is None else (self.aux_weight,)), *((self.state_weight,) if self.state_weight else ()))
 
     def loss_counts(self, batch: dict) -> torch.Tensor:
-        """How many items each loss term of ``batch`` holds (labelled tokens; SER clips), from the host batch."""
+        """How many items each loss term of ``batch`` holds (labelled tokens; SER clips; state positions), from the host
+        batch."""
         counts = [labelled_targets(batch["labels"])]
         if self.ser_head is not None:
             counts.append(float((batch["weight"] != 0).sum()) if self._has_ser_term(batch) else 0.0)
