@@ -31,6 +31,16 @@ def test_stage1_flops_match_the_recipe():
     assert counter.micro_batch(b) == pytest.approx(expected, rel=1e-6)
 
 
+def test_the_hidden_state_term_adds_the_llm_forward_on_the_transcript_row():
+    """``train.state_distill``: the frozen LLM also reads each transcript row, forward only (2 N per token), its head
+    at one position per row (``logits_to_keep=1``)."""
+    counter = FlopCounter(encoder_params=0, encoder_frames=0, llm_body_params=1000, llm_head_params=100,
+                          llm_backward=True, trainable_params=0)
+    b = batch([100, 80], [20, 10], [50, 40])
+    teacher = {**b, "teacher_attention_mask": batch([60, 45], [20, 10], [0, 0])["attention_mask"]}
+    assert counter.micro_batch(teacher) - counter.micro_batch(b) == 2 * (1000 * 105 + 100 * 2)
+
+
 def test_stage3_llm_runs_forward_only():
     forward = FlopCounter(1, 0, 1000, 0, llm_backward=False, trainable_params=0)
     both = FlopCounter(1, 0, 1000, 0, llm_backward=True, trainable_params=0)

@@ -93,3 +93,36 @@ def test_a_speech_row_that_says_another_question_is_far_and_each_row_is_compared
     batch["weight"][0] = 0.0  # a padding copy counts for nothing
     assert distances(model, batch, contents)[0] == pytest.approx(sum(alone[1:]), rel=1e-4)
     assert model.loss_counts(batch).tolist()[-1] == float(batch["state_span"][1:].sum())
+
+
+def test_the_memory_plan_counts_what_the_term_keeps(parts):
+    """``fe-train plan`` counts the term as the transcript row's every-layer states (L + 1 of them, s positions) and
+    the cosine's three fp32 tensors of the compared positions per layer kept for the backward (12 L s h bytes, s
+    bounding them):
+    measured here on the tensors the term really creates and saves."""
+    from fe_train.engine.memory import Workload, activation_bytes
+
+    layout, model = parts
+    short, long = QUESTIONS
+    batch, contents = rows(layout, [short, long], [long, short])
+    embeds = model.llm.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_()
+    states = next_token_loss(model.llm, embeds, batch["attention_mask"], batch["labels"], states=True)["states"]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        model.state_distance(states, batch).backward()
+    config = model.llm.config
+    layers, hidden = config.num_hidden_layers, config.hidden_size
+    compared = int(batch["state_span"].sum())
+    kept = sum(t.numel() * t.element_size() for t in saved if t.is_floating_point() and t.shape[-1] == hidden)
+    assert kept == 12 * layers * compared * hidden  # the cosine's three fp32 tensors of the compared positions, per layer
+    with torch.no_grad():
+        teacher = model.llm(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+                            output_hidden_states=True).hidden_states
+    assert len(teacher) == layers + 1 and teacher[0].shape[1] <= batch["input_ids"].shape[1]
+    shape = dict(llm_params=1, llm_layers=layers, llm_hidden=hidden, llm_heads=config.num_attention_heads,
+                 encoder_params=0, trainable_params=0, world_size=1, micro_batch=2, seq_len=batch["input_ids"].shape[1])
+    added = activation_bytes(Workload(**shape, state_distill=True)) - activation_bytes(Workload(**shape))
+    s_b_h = 2 * batch["input_ids"].shape[1] * hidden
+    one_layer = 34 * s_b_h + 5 * config.num_attention_heads * batch["input_ids"].shape[1] ** 2 * 2
+    assert added == one_layer + 2 * (layers + 1) * s_b_h + 12 * layers * s_b_h  # states in bf16: half of fp32 here
+    assert kept <= 12 * layers * s_b_h

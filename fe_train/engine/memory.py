@@ -17,6 +17,10 @@ so its activations are kept (per layer about 34 s h + 5 a s^2 bytes per sample i
 Korthikanti et al. 2022), or only its inputs with activation checkpointing (2 s h). Stage 3:
 the LLM runs forward only (one layer's activations at a time) and the trained decoder keeps
 its own (the same per-layer formula at its width, over the same s positions).
+Stage 1's hidden-state term (``train.state_distill``) adds the frozen LLM's forward on the
+transcript row (one layer's activations at a time) and its every-layer states (2 (L + 1) s h, bf16),
+and the cosine's three fp32 tensors of the positions it compares, kept for the backward
+(12 L s h): the transcript row and those positions are counted as long as the sample's row.
 Fastest first: replicated needs no gathers, partitioned all-gathers each layer
 in forward and backward, offloaded also crosses PCIe.
 """
@@ -55,6 +59,8 @@ class Workload:
     decoder_params: int = 0
     """Stage 3: speech decoder and fusion parameters a decoder position passes through (their trained parameters: the
     whole decoder, whose tied embedding is its head; with decoder.lora only LoRA's part, an undercount)."""
+    state_distill: bool = False
+    """Stage 1's hidden-state term is on (``train.state_distill`` > 0): the LLM also reads each sample's transcript."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,10 @@ def activation_bytes(w: Workload) -> int:
     if not w.llm_backward:
         layers, hidden, heads = w.decoder_shape
         return per_layer(w.llm_hidden, w.llm_heads) + layers * per_layer(hidden, heads)
-    return w.llm_layers * (2 * s * b * w.llm_hidden if w.activation_checkpointing else per_layer(w.llm_hidden, w.llm_heads))
+    kept = w.llm_layers * (2 * s * b * w.llm_hidden if w.activation_checkpointing else per_layer(w.llm_hidden, w.llm_heads))
+    if w.state_distill:
+        kept += per_layer(w.llm_hidden, w.llm_heads) + (2 * (w.llm_layers + 1) + 12 * w.llm_layers) * s * b * w.llm_hidden
+    return kept
 
 
 def estimate(w: Workload) -> list[PlanEstimate]:
@@ -129,7 +138,10 @@ def sample_flops(w: Workload, reply_tokens: int) -> float:
     slots = torch.zeros(1, s, dtype=torch.long)
     slots[0, 1:1 + w.speech_positions] = 1
     ones = torch.ones(1, s, dtype=torch.long)
-    return counter.micro_batch({"attention_mask": ones, "labels": labels, "slots": slots, "unit_attention_mask": ones})
+    batch = {"attention_mask": ones, "labels": labels, "slots": slots, "unit_attention_mask": ones}
+    if w.state_distill:
+        batch["teacher_attention_mask"] = ones  # the transcript row, counted as long as the sample's
+    return counter.micro_batch(batch)
 
 
 def describe_time(w: Workload, flops_per_sample: float, global_batch: int, gpu: str, mfu: float, samples: int,
@@ -192,4 +204,5 @@ def workload_for(cfg, world_size: int, seq_len: int, recipe) -> Workload:
         llm_body_params=llm_body_params, llm_head_params=head.numel(), encoder_frames=encoder_frames,
         speech_positions=encoder_frames // cfg.model.adapter_stack_frames,
         decoder_params=trained.get("decoder", 0) + trained.get("fusion", 0),
+        state_distill=cfg.train.state_distill > 0,
     )

@@ -10,7 +10,9 @@ a token passes through (embedding lookups excluded, they are no matmul):
 - trainable modules before the LLM (adapter, emotion extractor): 6 N per soft token
   they write (forward, input and weight gradients);
 - stage 3's speech decoder and fusion: 4 N per decoder position (forward and input
-  gradients) plus 2 N_trainable (weight gradients: all of it, or LoRA's part).
+  gradients) plus 2 N_trainable (weight gradients: all of it, or LoRA's part);
+- stage 1's hidden-state term (``train.state_distill``): the frozen LLM's forward on the
+  transcript row, 2 N per token, and its head at one position per row.
 
 Attention-score FLOPs (quadratic in length) are left out, as in the 6N convention.
 """
@@ -87,6 +89,8 @@ class FlopCounter:
         if self.decoder_params:
             positions = float(batch["unit_attention_mask"].sum())
             flops += (4.0 * self.decoder_params + 2.0 * self.decoder_trainable_params) * positions
+        if "teacher_attention_mask" in batch:
+            flops += 2.0 * (self.llm_body_params * float(batch["teacher_attention_mask"].sum()) + self.llm_head_params * clips)
         return flops
 
 
