@@ -257,7 +257,7 @@ def train_main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="build tiny models and data, train stage 1 on 2 CPU processes")
     demo.add_argument("--out", default="demo_out", help="folder for models, shards and the run")
     demo.add_argument("--nproc", type=int, default=2, help="training processes")
-    demo.add_argument("--epochs", type=int, default=None, help="stage-1 epochs (default: the demo's 20)")
+    demo.add_argument("--epochs", type=int, default=None, help="stage-1 epochs (default: the tiny preset's 10)")
     demo.add_argument("--assets", default=None, help="a world built before (e.g. an earlier demo's <out>/assets): not built again")
     demo.set_defaults(run=_demo)
     return _dispatch(parser, argv)

@@ -80,3 +80,13 @@ def test_version_and_defaults_in_help(capsys):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 0 and expected in " ".join(capsys.readouterr().out.split()), argv
+
+
+def test_demo_names_a_world_without_the_second_voices(tmp_path):
+    """A world built by an older fe-train has no ``shards/more_voices``: the demo says so before it trains."""
+    world = tmp_path / "world"
+    (world / "shards" / "train").mkdir(parents=True)
+    proc = fe_train("demo", "--out", str(tmp_path / "demo"), "--assets", str(world))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert last_line(proc) == (f"error: --assets {world}: no {world}/shards/more_voices/index.json (a world built by "
+                               "an older fe-train: omit --assets to build a new one)")
